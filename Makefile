@@ -1,0 +1,82 @@
+# continuonbrain workbook. Every target builds .venv from requirements.lock first when needed.
+#   make playbook   run every playbook step on the local profile (outputs/<run_id>/)
+#   make test       everything CI runs: generated code and notebooks in sync, nbdev_test, docs, pytest
+#   make lab        JupyterLab on the project with the .venv kernel
+#   make docs       the static docs site in _docs/
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup playbook test lab docs lint export readme clean-nbs check-sync check-clean nbtest pytest browser lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: the workbook needs CPython 3.11" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Headless Chromium for the docs test (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "chromium could not be installed" >&2; exit 1; }
+
+playbook: $(STAMP)
+	$(BIN)/continuon playbook --profile local
+
+# Regenerate continuonbrain/ and README.md from the notebooks.
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/python -m continuonbrain.docsite --readme-only
+
+clean-nbs: $(STAMP)
+	$(BIN)/nbdev_clean
+
+check-sync: $(STAMP)
+	$(BIN)/python scripts/check_unchanged.py --why "continuonbrain/ or README.md did not match the notebooks: run 'make export' and commit" \
+		continuonbrain README.md -- $(MAKE) --no-print-directory export
+
+check-clean: $(STAMP)
+	$(BIN)/python scripts/check_unchanged.py --why "notebooks were not clean: run 'make clean-nbs' and commit" nbs -- $(BIN)/nbdev_clean
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+docs: $(STAMP)
+	$(BIN)/python -m continuonbrain.docsite --out _docs
+
+lint: $(STAMP)
+	$(BIN)/ruff check continuonbrain tests scripts
+
+pytest: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+test: $(STAMP) browser
+	$(MAKE) --no-print-directory check-sync
+	$(MAKE) --no-print-directory check-clean
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory nbtest
+	$(MAKE) --no-print-directory docs
+	$(MAKE) --no-print-directory pytest
+
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name continuonbrain --display-name "continuonbrain (.venv, Python 3.11)"
+	$(BIN)/jupyter lab --notebook-dir=. $(ALLOW_ROOT)
+
+lock:
+	rm -rf /tmp/continuon-lock && $(PYTHON) -m venv /tmp/continuon-lock
+	/tmp/continuon-lock/bin/pip install --quiet -r requirements.in
+	/tmp/continuon-lock/bin/pip check
+	{ echo "# Exact versions installed into .venv by make (pip install --no-deps -r requirements.lock)."; \
+	  echo "# Regenerate with 'make lock' after editing requirements.in. Python 3.11, Linux x86_64/aarch64."; \
+	  /tmp/continuon-lock/bin/pip freeze --all | grep -v '^pip=='; } > requirements.lock
+
+clean:
+	rm -rf _proc _docs .pytest_cache

@@ -1,0 +1,46 @@
+"""The library as a library: light imports, documented symbols, generated code in step with the notebooks."""
+import importlib, inspect, json
+
+from conftest import PY, ROOT, run
+
+MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite"]
+HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "jax", "gcp_storage_emulator"]
+
+
+def test_imports_stay_light():
+    "Importing any module pulls in none of the heavy packages; they load inside the functions that use them."
+    code = "import sys\n" + "".join(f"import continuonbrain.{m}\n" for m in MODULES) + \
+           f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    r = run([PY, "-c", code])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_every_exported_symbol_is_documented():
+    missing = []
+    for m in MODULES:
+        mod = importlib.import_module(f"continuonbrain.{m}")
+        assert mod.__doc__, f"continuonbrain.{m} has no module docstring (the notebook's '> summary' line)"
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            own_doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and not own_doc:
+                missing.append(f"{m}.{name}")
+    assert missing == []
+
+
+def test_module_paths_of_the_playbook_exist():
+    for m in ["continuonbrain.config", "continuonbrain.hardware", "continuonbrain.pi5_hardware_validation",
+              "continuonbrain.system_health", "continuonbrain.tests.integration_test", "continuonbrain.runbook"]:
+        assert importlib.util.find_spec(m), m
+
+
+def test_every_notebook_exports_a_module_and_says_what_it_is():
+    for nb in sorted((ROOT/"nbs").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        src = ["".join(c["source"]) for c in cells]
+        if nb.name == "index.ipynb":
+            continue
+        assert src[0].startswith("#| default_exp "), nb.name
+        titles = [s for c, s in zip(cells, src) if c["cell_type"] == "markdown" and s.startswith("# ")]
+        assert titles and "\n> " in titles[0], f"{nb.name}: needs '# Title' and a '> summary' line"

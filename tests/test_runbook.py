@@ -1,0 +1,121 @@
+"""The runbook runner as a user drives it: `continuon steps/run/playbook/params`, parameters, provenance, failures."""
+import json
+from pathlib import Path
+
+from conftest import BIN, ROOT, run
+from continuonbrain import store
+from continuonbrain.hardware import board_model, is_raspberry_pi
+from continuonbrain.runbook import STEPS
+
+CONTINUON = str(BIN/"continuon")
+
+
+def test_steps_lists_every_step_in_order():
+    r = run([CONTINUON, "steps"])
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(STEPS)
+    for line, s in zip(lines, STEPS):
+        assert s.name in line and f"nbs/{s.notebook}" in line and s.summary in line
+
+
+def test_run_writes_outputs_and_provenance(tmp_path):
+    r = run([CONTINUON, "run", "hardware", "--profile", "local", "-p", "trace_seconds", "0.5", "--run-id", "t-run",
+             "--outputs", str(tmp_path), "--no-progress"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    step = tmp_path/"t-run/hardware"
+    for name in ("01_hardware.ipynb", "01_hardware.html", "metrics.json", "pi5_check.json", "hardware.png"):
+        assert (step/name).stat().st_size > 0, name
+    run_json = json.loads((tmp_path/"t-run/run.json").read_text())
+    h = run_json["steps"]["hardware"]
+    assert h["status"] == "ok" and h["seconds"] > 0 and h["started"] <= h["ended"]
+    assert run_json["git"]["commit"] is None or len(run_json["git"]["commit"]) == 40
+    assert run_json["packages"]["nbdev"] == "2.4.14"
+    for art in h["inputs"] + h["outputs"]:
+        assert art["sha256"] == store.sha256(art["path"]), art
+    assert {Path(a["path"]).name for a in h["inputs"]} == {"01_hardware.ipynb", "hardware.yaml"}
+    metrics = json.loads((step/"metrics.json").read_text())
+    assert metrics == h["metrics"] and set(metrics["statuses"]) >= {"board", "hailo", "timing"}
+    assert "Hardware check of" in (step/"01_hardware.html").read_text()
+
+
+def _profile(proj: Path, name: str, step_yaml: str):
+    d = proj/"params"/name
+    d.mkdir()
+    (d/"profile.yaml").write_text((proj/"params/local/profile.yaml").read_text())
+    (d/"hardware.yaml").write_text(step_yaml)
+
+
+def test_parameter_precedence(scratch_project, tmp_path):
+    tmp_path = tmp_path/"out"
+    _profile(scratch_project, "prec", "trace_hz: 2\nalignment_steps: 7\ntrace_seconds: 0.5\n")
+    r = run([CONTINUON, "run", "hardware", "--profile", "prec", "-p", "trace_hz", "8", "--outputs", str(tmp_path),
+             "--run-id", "prec", "--no-progress"], cwd=scratch_project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    h = json.loads((tmp_path/"prec/run.json").read_text())["steps"]["hardware"]
+    yaml_file = str(scratch_project/"params/prec/hardware.yaml")
+    assert (h["parameters"]["trace_hz"], h["parameter_sources"]["trace_hz"]) == (8.0, "command line -p")
+    assert (h["parameters"]["alignment_steps"], h["parameter_sources"]["alignment_steps"]) == (7, yaml_file)
+    assert (h["parameters"]["alignment_hz"], h["parameter_sources"]["alignment_hz"]) == (30.0, "notebook default")
+    executed = (tmp_path/"prec/hardware/01_hardware.ipynb").read_text()
+    assert "alignment_steps = 7" in executed   # papermill's injected cell carries the merged values
+
+
+def test_bad_parameters_name_key_file_and_type(scratch_project, tmp_path):
+    tmp_path = tmp_path/"out"
+    _profile(scratch_project, "bad", "alignment_steps: lots\n")
+    r = run([CONTINUON, "run", "hardware", "--profile", "bad", "--outputs", str(tmp_path)], cwd=scratch_project)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"error: {scratch_project}/params/bad/hardware.yaml: alignment_steps: expected int, got str 'lots'"
+    assert not tmp_path.exists()   # refused before anything ran: nothing written
+    r = run([CONTINUON, "run", "hardware", "-p", "trace_secs", "3", "--outputs", str(tmp_path)])
+    assert r.returncode == 1 and "command line -p: unknown parameter 'trace_secs'" in r.stderr
+    r = run([CONTINUON, "run", "hardware", "--profile", "mars"])
+    assert r.returncode == 1 and "unknown profile 'mars'" in r.stderr
+    r = run([CONTINUON, "run", "hardwear"])
+    assert r.returncode == 1 and "unknown step 'hardwear'" in r.stderr
+
+
+def test_params_shows_sources():
+    r = run([CONTINUON, "params", "hardware", "--profile", "pi5", "-p", "trace_hz", "1"])
+    assert r.returncode == 0
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
+    assert rows["require_pi"].split()[1] == "True" and rows["require_pi"].endswith("params/pi5/hardware.yaml")
+    assert rows["trace_hz"].endswith("command line -p")
+    assert rows["fail_on_error"].endswith("notebook default")
+
+
+def test_playbook_stops_at_failure_and_resumes(scratch_project, tmp_path):
+    if is_raspberry_pi(board_model()):
+        import pytest; pytest.skip("the failure below needs a machine that is not a Raspberry Pi")
+    tmp_path = tmp_path/"out"
+    _profile(scratch_project, "strict", "require_pi: true\ntrace_seconds: 0.25\n")
+    r = run([CONTINUON, "playbook", "--profile", "strict", "--run-id", "pb", "--outputs", str(tmp_path), "--no-progress"],
+            cwd=scratch_project)
+    assert r.returncode == 1
+    assert "[1/1] hardware FAILED" in r.stdout and "ContinuonError: hardware checks failed: board: not a Raspberry Pi" in r.stdout
+    partial = tmp_path/"pb/hardware/01_hardware.ipynb"
+    assert f"partly executed notebook: {partial}" in r.stdout and partial.exists()
+    assert "continue with: continuon playbook --profile strict --run-id pb --from hardware" in r.stdout
+    assert json.loads((tmp_path/"pb/run.json").read_text())["steps"]["hardware"]["status"] == "failed"
+    # after fixing the cause (here: the local profile), the same run continues from the failed step
+    r = run([CONTINUON, "playbook", "--profile", "local", "--run-id", "pb", "--from", "hardware", "--outputs", str(tmp_path),
+             "--no-progress"], cwd=scratch_project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path/"pb/run.json").read_text())["steps"]["hardware"]["status"] == "ok"
+
+
+def test_playbook_rejects_steps_the_profile_does_not_run():
+    r = run([CONTINUON, "playbook", "--profile", "tpu"])
+    assert r.returncode == 1 and "profile 'tpu' has no steps yet" in r.stderr
+    r = run([CONTINUON, "playbook", "--from", "nowhere"])
+    assert r.returncode == 1 and "unknown step 'nowhere'" in r.stderr
+
+
+def test_settings_keep_papermill_tags():
+    "nbdev_clean must keep cell tags, or it deletes papermill's parameters cell tag."
+    ini = (ROOT/"settings.ini").read_text()
+    assert "allowed_cell_metadata_keys = tags" in ini and "tst_flags = notest" in ini
+    for s in STEPS:
+        nb = json.loads((ROOT/"nbs"/s.notebook).read_text())
+        assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]) == 1, s.notebook
