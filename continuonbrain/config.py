@@ -9,7 +9,7 @@ __all__ = ['ContinuonError', 'ParamError', 'project_root', 'outputs_dir', 'env_f
 
 # %% ../nbs/00_config.ipynb #c0f82dd0
 import argparse, ast, io, os, re, secrets, sys, tokenize
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable

@@ -7,11 +7,11 @@ __all__ = ['page_name', 'directives', 'strip_directives', 'execute_notebook', 'r
            'notebooks', 'build_docs', 'readme_markdown', 'write_readme', 'main']
 
 # %% ../nbs/91_docsite.ipynb #414e6794
-import html, json, os, re, shutil, sys, tempfile, time
+import html, os, re, shutil, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import ContinuonError, project_root, run_cli, cli_parser
+from .config import ContinuonError, project_root, run_cli
 from . import store
 
 # %% ../nbs/91_docsite.ipynb #000f391c

@@ -14,13 +14,11 @@ __all__ = ['FIXTURES', 'THROTTLE_BITS', 'HAILO_VENDOR', 'HAILO_PCI_IDS', 'HAILO_
            'plot_hardware']
 
 # %% ../nbs/01_hardware.ipynb #34cfc120
-import json, os, platform, re, shutil, socket, stat, subprocess, time
+import os, re, shutil, socket, stat, subprocess, time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
-
-from .config import ContinuonError
 
 # %% ../nbs/01_hardware.ipynb #5faf6b43
 @dataclass(frozen=True)

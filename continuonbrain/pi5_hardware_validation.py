@@ -9,7 +9,7 @@ __all__ = ['main']
 import sys
 from pathlib import Path
 
-from .config import ContinuonError, run_cli, cli_parser
+from .config import ContinuonError, run_cli
 from .hardware import run_checks, format_report, sample_alignment, mock_sensors
 from . import store
 

@@ -7,8 +7,8 @@ __all__ = ['STEPS', 'Step', 'get_step', 'StepRecord', 'git_state', 'package_vers
            'run_step', 'playbook_steps', 'run_playbook', 'continuon_parser', 'main', 'cli']
 
 # %% ../nbs/90_runbook.ipynb #d5b07d14
-import argparse, importlib.metadata, io, json, os, platform, shutil, subprocess, sys, tempfile, time
-from dataclasses import asdict, dataclass, field
+import argparse, importlib.metadata, io, os, platform, shutil, subprocess, sys, tempfile, time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 

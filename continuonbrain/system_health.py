@@ -9,7 +9,7 @@ __all__ = ['format_health', 'main']
 import json, sys, time
 from pathlib import Path
 
-from .config import ContinuonError, run_cli, cli_parser
+from .config import ContinuonError, run_cli
 from .hardware import HealthSnapshot, health_snapshot, thermal_advice, cpu_temperature
 
 # %% ../nbs/01b_system_health.ipynb #e96926d4

@@ -1,7 +1,6 @@
 """The docs site in a real browser: headless Chromium renders every page, the navigation and the API docs."""
 import functools, http.server, importlib, inspect, re, shutil, subprocess, threading
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 

@@ -1,5 +1,5 @@
 """The artefact store against a real GCS emulator process, and atomic local writes under SIGKILL."""
-import hashlib, json, os, signal, subprocess, sys, time
+import hashlib, json, os, signal, subprocess
 
 import pytest
 

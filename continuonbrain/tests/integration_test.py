@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import ContinuonError, run_cli, cli_parser
+from ..config import ContinuonError, run_cli
 from .. import hardware as hw, store
 
 # %% ../../nbs/01c_integration_test.ipynb #792774a9
