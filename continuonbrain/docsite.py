@@ -47,7 +47,9 @@ def execute_notebook(src: Path, dst: Path, cwd: Path, flags: set[str] = frozense
     nb = nbformat.read(src, as_version=4)
     skipped = {i: c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and _skip(c, flags)}
     for i in skipped: nb.cells[i].source = ""
-    try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    from continuonbrain.runbook import ipc_kernel_manager
+    try: NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
+                        resources={"metadata": {"path": str(cwd)}}).execute()
     except CellExecutionError as e:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
         raise ContinuonError(f"{src}: a cell failed while building the docs:\n{msg[-3000:]}") from None

@@ -8,10 +8,10 @@ __all__ = ['FIXTURES', 'THROTTLE_BITS', 'HAILO_VENDOR', 'HAILO_PCI_IDS', 'HAILO_
            'write_fixture_tree', 'which', 'run_tool', 'board_model', 'is_raspberry_pi', 'is_pi5', 'cpu_temperatures',
            'cpu_temperature', 'decode_throttled', 'ThrottleState', 'throttle_state', 'memory_info', 'disk_info',
            'parse_hailo_identify', 'HailoInfo', 'hailo_info', 'cameras', 'i2c_buses', 'sample_alignment', 'Check',
-           'alignment_check', 'mock_sensors', 'check_board', 'check_temperature', 'check_throttling', 'check_memory',
-           'check_disk', 'check_hailo', 'check_cameras', 'check_i2c', 'HardwareReport', 'run_checks', 'format_report',
-           'report_markdown', 'HealthSnapshot', 'health_snapshot', 'thermal_advice', 'sample_temperature',
-           'plot_hardware']
+           'alignment_check', 'mock_sensors', 'ticking_clock', 'check_board', 'check_temperature', 'check_throttling',
+           'check_memory', 'check_disk', 'check_hailo', 'check_cameras', 'check_i2c', 'HardwareReport', 'run_checks',
+           'format_report', 'report_markdown', 'HealthSnapshot', 'health_snapshot', 'thermal_advice',
+           'sample_temperature', 'plot_hardware']
 
 # %% ../nbs/01_hardware.ipynb #34cfc120
 import os, re, shutil, socket, stat, subprocess, time
@@ -335,7 +335,16 @@ def mock_sensors(latency_ms: dict[str, float] | None = None, clock: Callable[[],
     lat = latency_ms or {"camera": 1.0, "depth": 1.5, "joints": 0.2}
     return {k: (lambda ns=int(v * 1e6): clock() - ns) for k, v in lat.items()}
 
-# %% ../nbs/01_hardware.ipynb #8ba02a2a
+# %% ../nbs/01_hardware.ipynb #a3a59d3c
+def ticking_clock(step_ns: int = 100_000) -> Callable[[], int]:
+    "A deterministic clock for tests: every call returns a time `step_ns` later than the last."
+    t = [0]
+    def clock() -> int:
+        t[0] += step_ns
+        return t[0]
+    return clock
+
+# %% ../nbs/01_hardware.ipynb #47ab585d
 STATUSES = ("pass", "warn", "fail", "skipped")
 TEMP_WARN_C, TEMP_FAIL_C = 70.0, 80.0
 MEM_WARN_MB, MEM_FAIL_MB = 1024, 256
@@ -345,7 +354,7 @@ def _grade(value, warn, fail, higher_is_worse=True) -> str:
     bad = (lambda x, t: x >= t) if higher_is_worse else (lambda x, t: x < t)
     return "fail" if bad(value, fail) else "warn" if bad(value, warn) else "pass"
 
-# %% ../nbs/01_hardware.ipynb #6c837892
+# %% ../nbs/01_hardware.ipynb #4446b989
 def check_board(model: str | None, require_pi: bool) -> Check:
     "Pass on a Pi 5; warn on an older Pi; skip (or fail with `require_pi`) on anything else."
     if is_pi5(model): return Check("board", "pass", model, {"model": model})
@@ -381,7 +390,7 @@ def check_disk(path) -> Check:
     d = disk_info(path)
     return Check("disk", _grade(d["free_gb"], DISK_WARN_GB, DISK_FAIL_GB, False), f"{d['free_gb']:.1f} GB free of {d['total_gb']:.1f} GB at {d['path']}", d)
 
-# %% ../nbs/01_hardware.ipynb #47ab585d
+# %% ../nbs/01_hardware.ipynb #4758c538
 def check_hailo(root, pi: bool, identify: bool = True) -> Check:
     "Find the Hailo HAT and say which part is missing when it is only partly there."
     h = hailo_info(root, identify=identify)
@@ -413,7 +422,7 @@ def check_i2c(root, pi: bool) -> Check:
     if not buses: return Check("i2c", "warn", "no /dev/i2c-* (enable I2C with raspi-config)", {"buses": []})
     return Check("i2c", "pass", ", ".join(b["bus"] for b in buses), {"buses": buses})
 
-# %% ../nbs/01_hardware.ipynb #4446b989
+# %% ../nbs/01_hardware.ipynb #d6e0fb5d
 @dataclass
 class HardwareReport:
     "The result of `run_checks`: one `Check` per probe."
@@ -433,7 +442,7 @@ class HardwareReport:
     def exit_code(self) -> int: return 0 if self.ok else 1
     def to_dict(self) -> dict: return {**asdict(self), "counts": self.counts, "ok": self.ok}
 
-# %% ../nbs/01_hardware.ipynb #4758c538
+# %% ../nbs/01_hardware.ipynb #8a0e0145
 def run_checks(root: str | Path = "/",         # filesystem root to probe
                require_pi: bool = False,       # a non-Pi fails the board check instead of skipping Pi checks
                disk_path: str | Path | None = None, # folder whose filesystem is checked (default: root)
@@ -450,7 +459,7 @@ def run_checks(root: str | Path = "/",         # filesystem root to probe
     return HardwareReport(datetime.now(timezone.utc).isoformat(timespec="seconds"), socket.gethostname(),
                           str(root), model, pi, checks)
 
-# %% ../nbs/01_hardware.ipynb #397b443d
+# %% ../nbs/01_hardware.ipynb #fe0d7467
 def format_report(r: HardwareReport) -> str:
     "The report as aligned text lines."
     lines = [f"Hardware check of {r.root} on {r.host} at {r.generated_at}"]
@@ -468,7 +477,7 @@ def report_markdown(r: HardwareReport) -> str:
     head = f"**{r.board or 'Not a Raspberry Pi'}** on `{r.host}`, root `{r.root}`, {r.generated_at}\n\n"
     return head + "| check | status | detail |\n|---|---|---|\n" + "\n".join(rows)
 
-# %% ../nbs/01_hardware.ipynb #53103289
+# %% ../nbs/01_hardware.ipynb #5f717f56
 @dataclass
 class HealthSnapshot:
     "Temperature, throttle state, memory, disk and HAT presence at one moment."
@@ -504,7 +513,7 @@ def thermal_advice(s: HealthSnapshot, slow_at: float = TEMP_WARN_C, pause_at: fl
     if {"soft_temp_limit", "arm_freq_capped"} & set(s.throttle.now) or (hot and s.temperature_c >= slow_at): return "slow"
     return "ok"
 
-# %% ../nbs/01_hardware.ipynb #23a0bb85
+# %% ../nbs/01_hardware.ipynb #eef51b3e
 def sample_temperature(root: str | Path = "/", seconds: float = 2.0, hz: float = 4.0) -> list[tuple[float, float | None]]:
     "(seconds since start, °C) every 1/`hz` s for `seconds`."
     out, t0 = [], time.monotonic()
@@ -514,7 +523,7 @@ def sample_temperature(root: str | Path = "/", seconds: float = 2.0, hz: float =
         out.append((round(time.monotonic() - t0, 3), cpu_temperature(root)[0]))
     return out
 
-# %% ../nbs/01_hardware.ipynb #0b428d73
+# %% ../nbs/01_hardware.ipynb #ac23db2b
 def plot_hardware(trace: list[tuple[float, float | None]], skews_ns: dict[str, Sequence[int]] | None,
                   tolerance_ms: float = 5.0, title: str = ""):
     "Two panels: the temperature trace and the step-alignment skews against the tolerance."
