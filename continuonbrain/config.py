@@ -60,14 +60,27 @@ def prefer_jax() -> bool:
     return env_flag("CONTINUON_PREFER_JAX", True)
 
 def continuon_home(default: str | Path) -> Path:
-    "The brain's home folder: `$CONTINUON_HOME` when set, else `default` (the profile's `home`)."
-    return Path(os.environ.get("CONTINUON_HOME") or default).expanduser()
+    "The brain's home folder, absolute: `$CONTINUON_HOME` when set, else `default` (the profile's `home`)."
+    return Path(os.environ.get("CONTINUON_HOME") or default).expanduser().absolute()
 
 # %% ../nbs/00_config.ipynb #ccf8cbcf
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "A safe YAML loader that refuses a key given twice (YAML would silently keep the last)."
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", k.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
 def _read_yaml(path: Path) -> dict:
     "A YAML mapping from `path`; a parse error names the file, line and column."
-    try: data = yaml.safe_load(path.read_text())
+    try: data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError: raise ParamError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e: raise ParamError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e: raise ParamError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -7,11 +7,11 @@ __all__ = ['FIXTURES', 'THROTTLE_BITS', 'HAILO_VENDOR', 'HAILO_PCI_IDS', 'HAILO_
            'TEMP_FAIL_C', 'MEM_WARN_MB', 'MEM_FAIL_MB', 'DISK_WARN_GB', 'DISK_FAIL_GB', 'FixtureSpec',
            'write_fixture_tree', 'which', 'run_tool', 'board_model', 'is_raspberry_pi', 'is_pi5', 'cpu_temperatures',
            'cpu_temperature', 'decode_throttled', 'ThrottleState', 'throttle_state', 'memory_info', 'disk_info',
-           'parse_hailo_identify', 'HailoInfo', 'hailo_info', 'cameras', 'i2c_buses', 'sample_alignment', 'Check',
-           'alignment_check', 'mock_sensors', 'ticking_clock', 'check_board', 'check_temperature', 'check_throttling',
-           'check_memory', 'check_disk', 'check_hailo', 'check_cameras', 'check_i2c', 'HardwareReport', 'run_checks',
-           'format_report', 'report_markdown', 'HealthSnapshot', 'health_snapshot', 'thermal_advice',
-           'sample_temperature', 'plot_hardware']
+           'parse_hailo_identify', 'HailoInfo', 'hailo_info', 'cameras', 'i2c_buses', 'capture_frame',
+           'sample_alignment', 'Check', 'alignment_check', 'mock_sensors', 'ticking_clock', 'check_board',
+           'check_temperature', 'check_throttling', 'check_memory', 'check_disk', 'check_hailo', 'check_cameras',
+           'check_i2c', 'HardwareReport', 'run_checks', 'format_report', 'report_markdown', 'HealthSnapshot',
+           'health_snapshot', 'thermal_advice', 'sample_temperature', 'plot_hardware', 'check_step_params']
 
 # %% ../nbs/01_hardware.ipynb #34cfc120
 import os, re, shutil, socket, stat, subprocess, time
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
+
+from .config import ContinuonError
 
 # %% ../nbs/01_hardware.ipynb #5faf6b43
 @dataclass(frozen=True)
@@ -32,7 +34,10 @@ class FixtureSpec:
     hailortcli: bool = True            # is hailortcli installed?
     hailo_driver: bool = True          # is /dev/hailo0 there when the PCI device is?
     camera: str | None = "imx708"      # CSI sensor name (None: no camera)
-    i2c: tuple = (1, 11)               # I2C bus numbers
+    usb_camera: str | None = None      # a UVC webcam's name (None: none)
+    camera_tools: bool = True          # rpicam-still (and ffmpeg for a USB camera) installed
+    i2c: tuple = (1, 11, 12)           # I2C bus numbers: 1 is the GPIO header's, 11 and 12 are HDMI's (always there)
+    rpi_volt_alarm: bool | None = None # the rpi_volt hwmon sensor's under-voltage alarm (None: no such sensor)
     mem_total_mb: int = 8064
     mem_available_mb: int = 6900
 
@@ -41,7 +46,8 @@ FIXTURES = {
     "pi5-nohat": FixtureSpec(hailo_arch=None),
     "pi5-throttled": FixtureSpec(temps_c=(("cpu-thermal", 84.5),), throttled=0x50005, sysfs_throttled=0x50005),
     "not-pi": FixtureSpec(model=None, temps_c=(("x86_pkg_temp", 45.0), ("acpitz", 27.8)), throttled=None,
-                          hailo_arch=None, camera=None, i2c=(), mem_total_mb=32000, mem_available_mb=20000),
+                          hailo_arch=None, camera=None, usb_camera="HD Webcam C615", camera_tools=False, i2c=(0,),
+                          mem_total_mb=32000, mem_available_mb=20000),
 }
 
 # %% ../nbs/01_hardware.ipynb #3514147e
@@ -53,6 +59,13 @@ def _put(root: Path, rel: str, text: str, exe: bool = False):
 
 def _script(output: str, code: int = 0) -> str:
     return f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n"
+
+# a still-capture tool for fixtures: writes a tiny JPEG (SOI marker, a comment, EOI) to the path after -o,
+# else to its last argument (as ffmpeg takes it)
+_CAPTURE = ("#!/bin/sh\nout=\"\"; last=\"\"\n"
+            "while [ $# -gt 0 ]; do if [ \"$1\" = -o ]; then out=\"$2\"; fi; last=\"$1\"; shift; done\n"
+            "[ -n \"$out\" ] || out=\"$last\"\n"
+            "printf '\\377\\330\\377\\376fixture frame\\377\\331' > \"$out\"\n")
 
 def _identify_text(arch: str) -> str:
     name = {"HAILO8L": "HAILO-8L AI ACC M.2 B+M KEY MODULE EXT TMP"}.get(arch, f"{arch} AI ACC M.2 MODULE")
@@ -76,17 +89,26 @@ def write_fixture_tree(dest: str | Path, # folder to fill (created)
         _put(root, "sys/devices/platform/soc@107c000000/soc@107c000000:firmware/get_throttled", f"{spec.sysfs_throttled:x}\n")
     _put(root, "proc/meminfo", f"MemTotal: {spec.mem_total_mb * 1024} kB\nMemFree: 1000 kB\n"
                                f"MemAvailable: {spec.mem_available_mb * 1024} kB\n")
-    if spec.hailo_arch:
-        _put(root, "sys/bus/pci/devices/0001:01:00.0/vendor", "0x1e60\n")
-        _put(root, "sys/bus/pci/devices/0001:01:00.0/device", "0x2864\n")
+    if spec.model and "Raspberry Pi 5" in spec.model:   # RP1, the Pi 5's I/O chip, sits on the second PCIe domain
+        _put(root, "sys/bus/pci/devices/0001:01:00.0/vendor", "0x1de4\n")
+        _put(root, "sys/bus/pci/devices/0001:01:00.0/device", "0x0001\n")
+    if spec.rpi_volt_alarm is not None:
+        _put(root, "sys/class/hwmon/hwmon0/name", "rpi_volt\n")
+        _put(root, "sys/class/hwmon/hwmon0/in0_lcrit_alarm", f"{int(spec.rpi_volt_alarm)}\n")
+    if spec.hailo_arch:   # the M.2 HAT's PCIe connector is domain 0000
+        _put(root, "sys/bus/pci/devices/0000:01:00.0/vendor", "0x1e60\n")
+        _put(root, "sys/bus/pci/devices/0000:01:00.0/device", "0x2864\n")
         if spec.hailo_driver:
             _put(root, "dev/hailo0", "")
             (root/"sys/module/hailo_pci").mkdir(parents=True, exist_ok=True)
         if spec.hailortcli: _put(root, "usr/bin/hailortcli", _script(_identify_text(spec.hailo_arch)), exe=True)
+    nodes = (["rp1-cfe", "rp1-cfe", "pispbe", "pispbe"] if spec.camera else []) + [spec.usb_camera] * 2 * bool(spec.usb_camera)
+    for i, n in enumerate(nodes):   # a UVC camera has two nodes: capture and metadata
+        _put(root, f"sys/class/video4linux/video{i}/name", n + "\n"); _put(root, f"dev/video{i}", "")
     if spec.camera:
         _put(root, "sys/class/video4linux/v4l-subdev0/name", f"{spec.camera} 10-001a\n")
-        for i, n in enumerate(["rp1-cfe", "rp1-cfe", "pispbe", "pispbe"]):
-            _put(root, f"sys/class/video4linux/video{i}/name", n + "\n"); _put(root, f"dev/video{i}", "")
+        if spec.camera_tools: _put(root, "usr/bin/rpicam-still", _CAPTURE, exe=True)
+    if spec.usb_camera and spec.camera_tools: _put(root, "usr/bin/ffmpeg", _CAPTURE, exe=True)
     for b in spec.i2c:
         _put(root, f"dev/i2c-{b}", "")
         _put(root, f"sys/class/i2c-adapter/i2c-{b}/name", f"Synopsys DesignWare I2C adapter {b}\n")
@@ -126,8 +148,8 @@ def is_raspberry_pi(model: str | None) -> bool:
     return bool(model) and model.startswith("Raspberry Pi")
 
 def is_pi5(model: str | None) -> bool:
-    "Is `model` a Raspberry Pi 5 or Compute Module 5?"
-    return bool(model) and bool(re.match(r"Raspberry Pi (5|Compute Module 5)\b", model))
+    "Is `model` a Raspberry Pi 5 (or a 500 or Compute Module 5, the same SoC)?"
+    return bool(model) and bool(re.match(r"Raspberry Pi (5|500|Compute Module 5)\b", model))
 
 # %% ../nbs/01_hardware.ipynb #7677680c
 def cpu_temperatures(root: str | Path = "/") -> dict[str, float]:
@@ -279,7 +301,8 @@ def cameras(root: str | Path = "/") -> list[dict]:
     for d in sorted(base.iterdir()) if base.is_dir() else []:
         name = (_read(d, "name") or "").strip()
         if d.name.startswith("v4l-subdev") and _SENSOR.match(name): out.append({"node": d.name, "name": name, "kind": "csi"})
-        elif d.name.startswith("video") and name and not _NOT_CAMERAS.match(name): out.append({"node": d.name, "name": name, "kind": "usb"})
+        elif d.name.startswith("video") and name and not _NOT_CAMERAS.match(name) and name not in {c["name"] for c in out}:
+            out.append({"node": d.name, "name": name, "kind": "usb"})   # a UVC camera's metadata node has the same name
     return out
 
 def i2c_buses(root: str | Path = "/") -> list[dict]:
@@ -289,6 +312,30 @@ def i2c_buses(root: str | Path = "/") -> list[dict]:
     return [{"bus": p.name, "name": (_read(root, f"sys/class/i2c-adapter/{p.name}/name") or "").strip()} for p in buses]
 
 # %% ../nbs/01_hardware.ipynb #c7d161f5
+def capture_frame(root: str | Path, # filesystem root
+                  dest: str | Path, # where the JPEG goes
+                  timeout: float = 30.0,
+                 ) -> dict:
+    "Capture one still from the first camera (`rpicam-still` for CSI, `ffmpeg` for USB); returns what was captured."
+    cams = cameras(root)
+    if not cams: raise ContinuonError("no camera to capture from (no CSI sensor, no USB camera)")
+    cam, dest = cams[0], Path(dest)
+    if cam["kind"] == "csi":
+        tool = which("rpicam-still", root) or which("libcamera-still", root)
+        if not tool: raise ContinuonError(f"camera {cam['name']} is present but rpicam-still is not installed (apt install rpicam-apps)")
+        argv = [tool, "--nopreview", "--immediate", "-t", "1", "-o", str(dest)]
+    else:
+        tool = which("ffmpeg", root)
+        if not tool: raise ContinuonError(f"camera {cam['name']} is present but ffmpeg is not installed (apt install ffmpeg)")
+        argv = [tool, "-y", "-loglevel", "error", "-f", "v4l2", "-i", str(Path(root)/"dev"/cam["node"]), "-frames:v", "1", str(dest)]
+    dest.unlink(missing_ok=True)
+    code, out = run_tool(argv, timeout)
+    if code != 0: raise ContinuonError(f"{Path(tool).name} exited {code}: {out[-300:]}")
+    data = dest.read_bytes() if dest.exists() else b""
+    if not data.startswith(b"\xff\xd8"): raise ContinuonError(f"{Path(tool).name} wrote no JPEG to {dest} ({len(data)} bytes)")
+    return {"camera": cam["name"], "kind": cam["kind"], "tool": Path(tool).name, "bytes": len(data)}
+
+# %% ../nbs/01_hardware.ipynb #49bd171b
 def sample_alignment(sources: dict[str, Callable[[], int]], # name -> read(): monotonic ns at which the sample was taken
                      steps: int = 30,   # how many loop steps
                      hz: float = 30.0,  # loop rate
@@ -306,7 +353,7 @@ def sample_alignment(sources: dict[str, Callable[[], int]], # name -> read(): mo
         if delay > 0: time.sleep(delay)
     return skews
 
-# %% ../nbs/01_hardware.ipynb #57cf4f6d
+# %% ../nbs/01_hardware.ipynb #09d53a69
 @dataclass
 class Check:
     "One line of a hardware report."
@@ -329,13 +376,13 @@ def alignment_check(skews_ns: dict[str, Sequence[int]], tolerance_ms: float = 5.
         return Check("timing", "fail", f"{pre}skew over ±{tolerance_ms:g} ms: {desc}", data)
     return Check("timing", "pass", f"{pre}{n} samples within ±{tolerance_ms:g} ms (worst {max(worst.values()):.3f} ms)", data)
 
-# %% ../nbs/01_hardware.ipynb #49bd171b
+# %% ../nbs/01_hardware.ipynb #8ba02a2a
 def mock_sensors(latency_ms: dict[str, float] | None = None, clock: Callable[[], int] = time.monotonic_ns) -> dict[str, Callable[[], int]]:
     "Sources that stamp each sample with `clock()` minus a fixed capture latency (ms)."
     lat = latency_ms or {"camera": 1.0, "depth": 1.5, "joints": 0.2}
     return {k: (lambda ns=int(v * 1e6): clock() - ns) for k, v in lat.items()}
 
-# %% ../nbs/01_hardware.ipynb #a3a59d3c
+# %% ../nbs/01_hardware.ipynb #47ab585d
 def ticking_clock(step_ns: int = 100_000) -> Callable[[], int]:
     "A deterministic clock for tests: every call returns a time `step_ns` later than the last."
     t = [0]
@@ -344,7 +391,7 @@ def ticking_clock(step_ns: int = 100_000) -> Callable[[], int]:
         return t[0]
     return clock
 
-# %% ../nbs/01_hardware.ipynb #47ab585d
+# %% ../nbs/01_hardware.ipynb #d6e0fb5d
 STATUSES = ("pass", "warn", "fail", "skipped")
 TEMP_WARN_C, TEMP_FAIL_C = 70.0, 80.0
 MEM_WARN_MB, MEM_FAIL_MB = 1024, 256
@@ -354,7 +401,7 @@ def _grade(value, warn, fail, higher_is_worse=True) -> str:
     bad = (lambda x, t: x >= t) if higher_is_worse else (lambda x, t: x < t)
     return "fail" if bad(value, fail) else "warn" if bad(value, warn) else "pass"
 
-# %% ../nbs/01_hardware.ipynb #4446b989
+# %% ../nbs/01_hardware.ipynb #8a0e0145
 def check_board(model: str | None, require_pi: bool) -> Check:
     "Pass on a Pi 5; warn on an older Pi; skip (or fail with `require_pi`) on anything else."
     if is_pi5(model): return Check("board", "pass", model, {"model": model})
@@ -390,7 +437,7 @@ def check_disk(path) -> Check:
     d = disk_info(path)
     return Check("disk", _grade(d["free_gb"], DISK_WARN_GB, DISK_FAIL_GB, False), f"{d['free_gb']:.1f} GB free of {d['total_gb']:.1f} GB at {d['path']}", d)
 
-# %% ../nbs/01_hardware.ipynb #4758c538
+# %% ../nbs/01_hardware.ipynb #b842ec54
 def check_hailo(root, pi: bool, identify: bool = True) -> Check:
     "Find the Hailo HAT and say which part is missing when it is only partly there."
     h = hailo_info(root, identify=identify)
@@ -402,7 +449,8 @@ def check_hailo(root, pi: bool, identify: bool = True) -> Check:
     if h.pci and not h.device_nodes:
         return Check("hailo", "fail", f"Hailo PCI device at {h.pci[0]['slot']} but no /dev/hailo*: the hailo_pci driver is not "
                      "loaded (install hailo-all, then reboot)", data)
-    if h.error: return Check("hailo", "fail", h.error, data)
+    if h.error:   # the chip is there; only its identity is unknown (another process may hold the device)
+        return Check("hailo", "warn", f"{', '.join(h.device_nodes)} present, but {h.error}: type and firmware unknown", data)
     if not identify: return Check("hailo", "pass", f"{', '.join(h.device_nodes)} present (identify not run)", data)
     if not h.hailortcli:
         return Check("hailo", "warn", f"{', '.join(h.device_nodes)} present, but hailortcli is not installed: type and firmware unknown", data)
@@ -416,13 +464,16 @@ def check_cameras(root, pi: bool) -> Check:
     return Check("cameras", "pass", ", ".join(f"{c['name']} ({c['kind']})" for c in cams), {"cameras": cams})
 
 def check_i2c(root, pi: bool) -> Check:
-    "Pass when an I2C bus is present."
+    "Pass when the GPIO header's I2C bus (`/dev/i2c-1`) is enabled; HDMI's buses (i2c-11, i2c-12) do not count."
     if not pi: return Check("i2c", "skipped", "not a Raspberry Pi")
     buses = i2c_buses(root)
-    if not buses: return Check("i2c", "warn", "no /dev/i2c-* (enable I2C with raspi-config)", {"buses": []})
-    return Check("i2c", "pass", ", ".join(b["bus"] for b in buses), {"buses": buses})
+    names = [b["bus"] for b in buses]
+    if "i2c-1" not in names:
+        return Check("i2c", "warn", "no /dev/i2c-1, the GPIO header's bus: enable I2C with raspi-config"
+                     + (f" (found only {', '.join(names)})" if names else ""), {"buses": buses})
+    return Check("i2c", "pass", ", ".join(names), {"buses": buses})
 
-# %% ../nbs/01_hardware.ipynb #d6e0fb5d
+# %% ../nbs/01_hardware.ipynb #1b291290
 @dataclass
 class HardwareReport:
     "The result of `run_checks`: one `Check` per probe."
@@ -442,7 +493,7 @@ class HardwareReport:
     def exit_code(self) -> int: return 0 if self.ok else 1
     def to_dict(self) -> dict: return {**asdict(self), "counts": self.counts, "ok": self.ok}
 
-# %% ../nbs/01_hardware.ipynb #8a0e0145
+# %% ../nbs/01_hardware.ipynb #8ccc6a8c
 def run_checks(root: str | Path = "/",         # filesystem root to probe
                require_pi: bool = False,       # a non-Pi fails the board check instead of skipping Pi checks
                disk_path: str | Path | None = None, # folder whose filesystem is checked (default: root)
@@ -451,15 +502,18 @@ def run_checks(root: str | Path = "/",         # filesystem root to probe
                alignment_label: str = "",      # what the alignment sources were (e.g. 'mock sensors')
               ) -> HardwareReport:
     "Probe the machine at `root` and grade each probe."
+    if not Path(root).is_dir(): raise ContinuonError(f"root {root}: no such folder")
     model = board_model(root)
     pi = is_raspberry_pi(model)
     checks = [check_board(model, require_pi), check_temperature(root), check_throttling(root, pi), check_memory(root),
               check_disk(disk_path or root), check_hailo(root, pi, hailo_identify), check_cameras(root, pi), check_i2c(root, pi)]
-    if alignment is not None: checks.append(alignment_check(alignment, label=alignment_label))
+    checks.append(alignment_check(alignment, label=alignment_label) if alignment is not None else
+                  Check("timing", "skipped", "no sensor sources measured (real capture comes with the episode recorder; "
+                                              "mock sources measure only this machine's loop)"))
     return HardwareReport(datetime.now(timezone.utc).isoformat(timespec="seconds"), socket.gethostname(),
                           str(root), model, pi, checks)
 
-# %% ../nbs/01_hardware.ipynb #fe0d7467
+# %% ../nbs/01_hardware.ipynb #5f717f56
 def format_report(r: HardwareReport) -> str:
     "The report as aligned text lines."
     lines = [f"Hardware check of {r.root} on {r.host} at {r.generated_at}"]
@@ -477,7 +531,7 @@ def report_markdown(r: HardwareReport) -> str:
     head = f"**{r.board or 'Not a Raspberry Pi'}** on `{r.host}`, root `{r.root}`, {r.generated_at}\n\n"
     return head + "| check | status | detail |\n|---|---|---|\n" + "\n".join(rows)
 
-# %% ../nbs/01_hardware.ipynb #5f717f56
+# %% ../nbs/01_hardware.ipynb #eef51b3e
 @dataclass
 class HealthSnapshot:
     "Temperature, throttle state, memory, disk and HAT presence at one moment."
@@ -513,7 +567,7 @@ def thermal_advice(s: HealthSnapshot, slow_at: float = TEMP_WARN_C, pause_at: fl
     if {"soft_temp_limit", "arm_freq_capped"} & set(s.throttle.now) or (hot and s.temperature_c >= slow_at): return "slow"
     return "ok"
 
-# %% ../nbs/01_hardware.ipynb #eef51b3e
+# %% ../nbs/01_hardware.ipynb #2f756eda
 def sample_temperature(root: str | Path = "/", seconds: float = 2.0, hz: float = 4.0) -> list[tuple[float, float | None]]:
     "(seconds since start, °C) every 1/`hz` s for `seconds`."
     out, t0 = [], time.monotonic()
@@ -523,7 +577,7 @@ def sample_temperature(root: str | Path = "/", seconds: float = 2.0, hz: float =
         out.append((round(time.monotonic() - t0, 3), cpu_temperature(root)[0]))
     return out
 
-# %% ../nbs/01_hardware.ipynb #ac23db2b
+# %% ../nbs/01_hardware.ipynb #fa54781f
 def plot_hardware(trace: list[tuple[float, float | None]], skews_ns: dict[str, Sequence[int]] | None,
                   tolerance_ms: float = 5.0, title: str = ""):
     "Two panels: the temperature trace and the step-alignment skews against the tolerance."
@@ -553,3 +607,12 @@ def plot_hardware(trace: list[tuple[float, float | None]], skews_ns: dict[str, S
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/01_hardware.ipynb #7bd6023a
+def check_step_params(root: str, sensors: str, alignment_steps: int, alignment_hz: float, trace_seconds: float, trace_hz: float):
+    "Refuse `hardware` step parameters that cannot work, naming the parameter."
+    if not Path(root).is_dir(): raise ContinuonError(f"root={root!r}: no such folder")
+    if sensors not in ("mock", "none"): raise ContinuonError(f"sensors={sensors!r}: expected 'mock' or 'none'")
+    for name, v, lo, hi in (("alignment_hz", alignment_hz, 0, 1000), ("trace_hz", trace_hz, 0, 100), ("trace_seconds", trace_seconds, 0, 3600)):
+        if not lo < v <= hi: raise ContinuonError(f"{name}={v}: expected a value in ({lo}, {hi}]")
+    if not 1 <= alignment_steps <= 100_000: raise ContinuonError(f"alignment_steps={alignment_steps}: expected 1 to 100000")

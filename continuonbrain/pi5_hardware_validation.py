@@ -7,11 +7,9 @@ __all__ = ['main']
 
 # %% ../nbs/01a_pi5_hardware_validation.ipynb #8386fc45
 import sys
-from pathlib import Path
 
-from .config import ContinuonError, run_cli
-from .hardware import run_checks, format_report, sample_alignment, mock_sensors
-from . import store
+from .config import run_cli
+from . import hardware as hw, store
 
 # %% ../nbs/01a_pi5_hardware_validation.ipynb #fb149cd1
 def main(log_json: str = None,        # write the JSON report to this path (or gs:// URI)
@@ -19,14 +17,15 @@ def main(log_json: str = None,        # write the JSON report to this path (or g
          require_pi: bool = False,    # exit non-zero when this is not a Raspberry Pi
          disk_path: str = None,       # folder whose free space is checked (default: root)
          no_identify: bool = False,   # do not run `hailortcli fw-control identify`
-         alignment_steps: int = 30,   # steps of the mock-sensor timing loop (0 skips it)
+         mock_sensors: bool = False,  # time this machine's step loop with mock sensor sources (real ones come with the recorder)
+         alignment_steps: int = 30,   # steps of that loop
         ) -> int:
     "Check a Raspberry Pi 5 and its Hailo AI HAT; print the report and optionally write it as JSON."
-    if not Path(root).is_dir(): raise ContinuonError(f"--root {root}: no such folder")
-    skews = sample_alignment(mock_sensors(), steps=alignment_steps, hz=30.0) if alignment_steps > 0 else None
-    report = run_checks(root, require_pi=require_pi, disk_path=disk_path, hailo_identify=not no_identify,
-                        alignment=skews, alignment_label="mock sensors" if skews else "")
-    print(format_report(report))
+    if log_json: store.check_writable(log_json)
+    skews = hw.sample_alignment(hw.mock_sensors(), steps=alignment_steps, hz=30.0) if mock_sensors else None
+    report = hw.run_checks(root, require_pi=require_pi, disk_path=disk_path, hailo_identify=not no_identify,
+                           alignment=skews, alignment_label="mock sensors" if skews else "")
+    print(hw.format_report(report))
     if log_json:
         store.write_json(log_json, report.to_dict())
         print(f"report written to {log_json}")

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['StoreError', 'ArtefactNotFound', 'ChecksumMismatch', 'is_gcs', 'split_gcs', 'join', 'gcs_client', 'atomic_file',
-           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'ls', 'exists', 'delete',
-           'copy', 'sha256', 'size', 'verify', 'free_port', 'gcs_emulator']
+           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'check_writable', 'ls',
+           'exists', 'delete', 'copy', 'sha256', 'size', 'verify', 'free_port', 'gcs_emulator']
 
 # %% ../nbs/00a_store.ipynb #25725bcc
 import hashlib, os, shutil, socket, subprocess, sys, tempfile, time
@@ -64,12 +64,18 @@ def _blob(uri: str):
 
 @contextmanager
 def _gcs_errors(uri: str):
-    "Turn google-api-core errors into store errors that name `uri`."
+    "Turn google-cloud errors (API, retries given up, transport) into store errors that name `uri`."
     from google.api_core import exceptions as gexc
+    import google.auth.exceptions, requests
     try: yield
     except gexc.NotFound: raise ArtefactNotFound(f"{uri}: no such object (or no such bucket)") from None
     except gexc.Forbidden as e: raise StoreError(f"{uri}: permission denied ({e.message})") from None
     except gexc.GoogleAPICallError as e: raise StoreError(f"{uri}: {e}") from None
+    except gexc.RetryError as e:
+        raise StoreError(f"{uri}: gave up after retrying: {e.cause or e}") from None
+    except (requests.exceptions.RequestException, google.auth.exceptions.TransportError) as e:
+        host = os.environ.get("STORAGE_EMULATOR_HOST") or "storage.googleapis.com"
+        raise StoreError(f"{uri}: cannot reach {host} ({type(e).__name__})") from None
 
 # %% ../nbs/00a_store.ipynb #a5f0dcfc
 def _fsync_dir(d: Path):
@@ -77,16 +83,24 @@ def _fsync_dir(d: Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+@lru_cache(maxsize=None)
+def _umask() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []:
+        if line.startswith("Umask:"): return int(line.split()[1], 8)
+    old = os.umask(0o022); os.umask(old)   # no /proc: the classic way (briefly changes the process umask)
+    return old
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb"):
     "Open a temporary file beside `path`; on success fsync it and rename it to `path`, on error delete it."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    perms = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()   # what a plain open() would give
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush(); os.fchmod(f.fileno(), perms); os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -133,13 +147,36 @@ def read_json(uri: str | Path):
     except json.JSONDecodeError as e: raise StoreError(f"{uri}: line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
 
 # %% ../nbs/00a_store.ipynb #b2144a4e
+def check_writable(uri: str | Path) -> str:
+    "Raise unless `uri` looks writable: `gs://bucket/object` in a bucket that answers, or a local file whose folder can be created and written."
+    if is_gcs(uri):
+        bucket, key = split_gcs(str(uri))
+        if not key: raise StoreError(f"{uri}: no object name after the bucket")
+        from google.api_core import exceptions as gexc
+        from google.api_core.retry import Retry
+        with _gcs_errors(str(uri)):
+            try: found = gcs_client().bucket(bucket).exists(timeout=10, retry=Retry(initial=0.5, timeout=20))
+            except gexc.Forbidden: found = True   # allowed to write objects but not to read the bucket: let the write tell
+        if not found: raise ArtefactNotFound(f"{uri}: bucket {bucket} does not exist")
+        return str(uri)
+    p = Path(uri)
+    if p.is_dir(): raise StoreError(f"{uri}: is a folder, not a file")
+    try: p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise StoreError(f"{uri}: cannot create its folder ({e.strerror})") from None
+    if not os.access(p.parent, os.W_OK): raise StoreError(f"{uri}: folder {p.parent} is not writable")
+    return str(uri)
+
+# %% ../nbs/00a_store.ipynb #3023c248
 def ls(uri: str | Path) -> list[str]:
-    "Every file below a folder or `gs://` prefix, sorted; temporary files of unfinished writes are left out."
+    "Every file below a folder or `gs://` prefix (or the one file or object `uri` names), sorted; unfinished writes' temporary files are left out."
     if is_gcs(uri):
         bucket, key = split_gcs(str(uri))
         prefix = key.rstrip("/") + "/" if key else ""
         with _gcs_errors(str(uri)):
-            return sorted(f"gs://{bucket}/{b.name}" for b in gcs_client().list_blobs(bucket, prefix=prefix))
+            found = sorted(f"gs://{bucket}/{b.name}" for b in gcs_client().list_blobs(bucket, prefix=prefix))
+            if not found and key and _blob(str(uri).rstrip("/")).exists(): return [str(uri).rstrip("/")]
+        if not found: raise ArtefactNotFound(f"{uri}: no objects under this prefix")
+        return found
     p = Path(uri)
     if p.is_file(): return [str(p)]
     if not p.is_dir(): raise ArtefactNotFound(f"{uri}: no such folder")
@@ -161,6 +198,10 @@ def delete(uri: str | Path):
 
 def copy(src: str | Path, dst: str | Path) -> str:
     "Copy one artefact between any two locations (local or `gs://`), streaming through a local file."
+    try: return _copy(src, dst)
+    except OSError as e: raise StoreError(f"copy {src} -> {dst}: {e.strerror or e} ({e.filename or ''})") from None
+
+def _copy(src, dst) -> str:
     if not is_gcs(src) and not is_gcs(dst):
         if not Path(src).is_file(): raise ArtefactNotFound(f"{src}: no such file")
         with open(src, "rb") as fi, atomic_file(dst) as fo: shutil.copyfileobj(fi, fo, 1 << 20)
@@ -171,10 +212,10 @@ def copy(src: str | Path, dst: str | Path) -> str:
         with _gcs_errors(str(dst)): _blob(str(dst)).upload_from_filename(str(src))
     else:
         with tempfile.TemporaryDirectory() as t:
-            copy(src, Path(t)/"x"); copy(Path(t)/"x", dst)
+            _copy(src, Path(t)/"x"); _copy(Path(t)/"x", dst)
     return str(dst)
 
-# %% ../nbs/00a_store.ipynb #073516c5
+# %% ../nbs/00a_store.ipynb #bc0422d8
 def sha256(uri: str | Path, chunk: int = 1 << 20) -> str:
     "The hex sha256 of the artefact at `uri`."
     h = hashlib.sha256()
@@ -186,6 +227,8 @@ def sha256(uri: str | Path, chunk: int = 1 << 20) -> str:
         with open(uri, "rb") as f:
             for b in iter(lambda: f.read(chunk), b""): h.update(b)
     except FileNotFoundError: raise ArtefactNotFound(f"{uri}: no such file") from None
+    except IsADirectoryError: raise StoreError(f"{uri}: is a folder, not a file") from None
+    except OSError as e: raise StoreError(f"{uri}: cannot read ({e.strerror})") from None
     return h.hexdigest()
 
 def size(uri: str | Path) -> int:
@@ -203,7 +246,7 @@ def verify(uri: str | Path, expected: str) -> str:
     if got != expected: raise ChecksumMismatch(f"{uri}: sha256 is {got}, expected {expected}")
     return got
 
-# %% ../nbs/00a_store.ipynb #bc0422d8
+# %% ../nbs/00a_store.ipynb #b49d4ee5
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free right now."
     with socket.socket() as s:

@@ -66,6 +66,7 @@ def test_every_page_renders_with_navigation(site, tmp_path):
         p = Links(); p.feed(dom)
         assert p.nav == index.nav, page                     # the same sidebar on every page
         assert "".join(p.h1).strip(), f"{page} has no title"
+        assert "</a>{target=" not in dom and "<p>:::" not in dom, f"{page} shows Quarto-only markup"
         for href in p.hrefs:                                # every internal link points at a page and an anchor that exist
             if href.startswith(("http:", "https:", "mailto:")): continue
             target, _, anchor = href.partition("#")

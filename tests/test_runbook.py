@@ -1,5 +1,5 @@
 """The runbook runner as a user drives it: `continuon steps/run/playbook/params`, parameters, provenance, failures."""
-import json
+import json, signal, subprocess, time
 from pathlib import Path
 
 from conftest import BIN, ROOT, run
@@ -29,8 +29,9 @@ def test_run_writes_outputs_and_provenance(tmp_path):
     run_json = json.loads((tmp_path/"t-run/run.json").read_text())
     h = run_json["steps"]["hardware"]
     assert h["status"] == "ok" and h["seconds"] > 0 and h["started"] <= h["ended"]
-    assert run_json["git"]["commit"] is None or len(run_json["git"]["commit"]) == 40
-    assert run_json["packages"]["nbdev"] == "2.4.14"
+    assert h["git"]["commit"] is None or len(h["git"]["commit"]) == 40
+    assert h["packages"]["nbdev"] == "2.4.14" and h["profile"] == "local"
+    assert h["parameter_sources"]["out_dir"] == "runner" and h["parameters"]["out_dir"] == str(step)
     for art in h["inputs"] + h["outputs"]:
         assert art["sha256"] == store.sha256(art["path"]), art
     assert {Path(a["path"]).name for a in h["inputs"]} == {"01_hardware.ipynb", "hardware.yaml"}
@@ -119,3 +120,54 @@ def test_settings_keep_papermill_tags():
     for s in STEPS:
         nb = json.loads((ROOT/"nbs"/s.notebook).read_text())
         assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]) == 1, s.notebook
+
+
+def test_concurrent_runs_do_not_share_kernel_sockets(tmp_path):
+    "Two steps at once (two robots' worth of runs on one machine): each kernel gets its own IPC sockets."
+    procs = [subprocess.Popen([CONTINUON, "run", "hardware", "-p", "trace_seconds", "0.25", "--run-id", f"par{i}",
+                                             "--outputs", str(tmp_path), "--no-progress"], cwd=ROOT,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    for i in range(2):
+        assert json.loads((tmp_path/f"par{i}/run.json").read_text())["steps"]["hardware"]["status"] == "ok"
+
+
+def test_relative_outputs_land_where_the_user_stands(tmp_path):
+    r = run([CONTINUON, "run", "hardware", "-p", "trace_seconds", "0.25", "--outputs", "rel", "--run-id", "r",
+             "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {p.name for p in (tmp_path/"rel/r/hardware").iterdir()} >= {"metrics.json", "pi5_check.json", "01_hardware.html"}
+    assert not (ROOT/"nbs/rel").exists() and not (ROOT/"rel").exists()
+
+
+def test_unusable_outputs_and_roots_are_one_line_errors(tmp_path):
+    r = run([CONTINUON, "run", "hardware", "--outputs", "/proc/no/such"])
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot create the step folder /proc/no/such/"), r.stderr
+    r = run([CONTINUON, "run", "hardware", "-p", "root", "/nonexistent", "--outputs", str(tmp_path), "--run-id", "x", "--no-progress"])
+    assert r.returncode == 1
+    assert "ContinuonError: root='/nonexistent': no such folder" in r.stdout
+    assert json.loads((tmp_path/"x/run.json").read_text())["steps"]["hardware"]["seconds"] < 60
+
+
+def test_non_utf8_params_file(scratch_project, tmp_path):
+    _profile(scratch_project, "latin", "root: /\n")
+    (scratch_project/"params/latin/hardware.yaml").write_bytes("root: /caf\xe9\n".encode("latin-1"))
+    r = run([CONTINUON, "run", "hardware", "--profile", "latin", "--outputs", str(tmp_path)], cwd=scratch_project)
+    assert r.returncode == 1 and r.stderr.strip().endswith("params/latin/hardware.yaml: not UTF-8 text (byte 10)"), r.stderr
+
+
+def test_ctrl_c_marks_the_step_interrupted(tmp_path):
+    p = subprocess.Popen([CONTINUON, "run", "hardware", "-p", "trace_seconds", "60", "-p", "smoke", "false", "--run-id", "int",
+                          "--outputs", str(tmp_path), "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_json, t0 = tmp_path/"int/run.json", time.monotonic()
+    while not (run_json.exists() and (tmp_path/"int/hardware/pi5_check.json").exists()):   # the trace has started
+        assert p.poll() is None and time.monotonic() - t0 < 120, "the step ended before it could be interrupted"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out
+    h = json.loads(run_json.read_text())["steps"]["hardware"]
+    assert (h["status"], h["error"]) == ("interrupted", "interrupted (Ctrl-C)")
+    assert (tmp_path/"int/hardware/01_hardware.ipynb").exists()

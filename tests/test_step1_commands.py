@@ -67,15 +67,31 @@ def test_integration_test_as_written():
     assert "FAIL" not in r.stdout
 
 
-def test_integration_test_real_hardware_refuses_without_robot(machine):
-    r = run([PY, "-m", "continuonbrain.tests.integration_test", "--real-hardware", "--root", str(machine("not-pi"))])
+def test_integration_test_real_hardware_refuses_without_robot(tmp_path):
+    from continuonbrain.hardware import FixtureSpec, write_fixture_tree
+    bare_pc = write_fixture_tree(tmp_path/"pc", FixtureSpec(model=None, throttled=None, hailo_arch=None, camera=None, i2c=()))
+    r = run([PY, "-m", "continuonbrain.tests.integration_test", "--real-hardware", "--root", str(bare_pc)])
     assert r.returncode == 2
     assert r.stdout == ""
-    for part in ("a Raspberry Pi 5 (board model: none)", "/dev/hailo*", "hailortcli", "a camera", "/dev/i2c-*"):
+    for part in ("a Raspberry Pi 5 (board model: none)", "/dev/hailo*", "hailortcli", "a camera", "/dev/i2c-1"):
         assert part in r.stderr, r.stderr
     if not ON_PI:
         r = run([PY, "-m", "continuonbrain.tests.integration_test", "--real-hardware"])
         assert r.returncode == 2 and "refusing --real-hardware" in r.stderr
+
+
+def test_mock_sensors_time_the_loop(machine, tmp_path):
+    out = tmp_path/"r.json"
+    run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--root", str(machine("pi5-hailo8l")), "--mock-sensors",
+         "--alignment-steps", "10", "--log-json", str(out)])
+    timing = json.loads(out.read_text())["checks"][-1]
+    assert timing["name"] == "timing" and timing["data"]["samples"] == 30 and timing["reason"].startswith("mock sensors: ")
+
+
+def test_unwritable_report_is_refused_before_the_checks():
+    r = run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--log-json", "/proc/nope/pi5_check.json"])
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == "error: /proc/nope/pi5_check.json: cannot create its folder (No such file or directory)"
 
 
 def test_bad_flags_are_usage_errors():

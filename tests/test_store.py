@@ -23,7 +23,9 @@ def test_gcs_listing_is_a_folder_not_a_string_prefix(gcs):
         store.write_json(f"gs://continuon-test/{name}", {"name": name})
     assert store.ls("gs://continuon-test/runs/a") == ["gs://continuon-test/runs/a/sub/y.json", "gs://continuon-test/runs/a/x.json"]
     assert store.ls("gs://continuon-test/runs/a/") == store.ls("gs://continuon-test/runs/a")
-    assert store.ls("gs://continuon-test/runs/none") == []
+    assert store.ls("gs://continuon-test/runs/a/x.json") == ["gs://continuon-test/runs/a/x.json"]   # like a local file path
+    with pytest.raises(store.ArtefactNotFound, match="runs/none: no objects under this prefix"):   # like a missing folder
+        store.ls("gs://continuon-test/runs/none")
 
 
 def test_gcs_missing_object_and_bucket(gcs):
@@ -51,7 +53,19 @@ def test_cli_writes_its_report_to_gcs(gcs):
     r = run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--log-json", "gs://continuon-test/reports/pi5_check.json",
              "--alignment-steps", "3"])
     assert "report written to gs://continuon-test/reports/pi5_check.json" in r.stdout, r.stderr
-    assert [c["name"] for c in store.read_json("gs://continuon-test/reports/pi5_check.json")["checks"]][0] == "board"
+    report = store.read_json("gs://continuon-test/reports/pi5_check.json")
+    assert [c["name"] for c in report["checks"]][0] == "board"
+    assert r.returncode == (0 if report["ok"] else 1)
+
+
+def test_dead_gcs_server_is_refused_before_the_work(tmp_path):
+    "A gs:// report target whose server does not answer: the command fails in one line before running its checks."
+    from continuonbrain.store import free_port
+    r = run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--log-json", "gs://continuon-rlds/reports/x.json"],
+            env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}, timeout=300)
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert r.stderr.startswith("error: gs://continuon-rlds/reports/x.json: "), r.stderr
+    assert "cannot reach 127.0.0.1" in r.stderr or "gave up" in r.stderr, r.stderr
 
 
 def test_no_credentials_is_a_clear_error(tmp_path):

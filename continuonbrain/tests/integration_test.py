@@ -86,11 +86,11 @@ def missing_hardware(root: str | Path = "/") -> list[str]:
     if not h.device_nodes: missing.append("/dev/hailo* (the Hailo AI HAT with its hailo_pci driver)")
     if not hw.which("hailortcli", root): missing.append("hailortcli (the HailoRT tools, apt install hailo-all)")
     if not hw.cameras(root): missing.append("a camera (CSI sensor or USB)")
-    if not hw.i2c_buses(root): missing.append("/dev/i2c-* (enable I2C with raspi-config)")
+    if "i2c-1" not in [b["bus"] for b in hw.i2c_buses(root)]: missing.append("/dev/i2c-1 (enable I2C with raspi-config)")
     return missing
 
-def real_stages(root: str | Path) -> list[tuple[str, Callable[[], str]]]:
-    "The stages of the real-hardware smoke."
+def real_stages(root: str | Path, work: Path) -> list[tuple[str, Callable[[], str]]]:
+    "The stages of the real-hardware smoke, writing under `work`."
     def checks():
         r = hw.run_checks(root, require_pi=True)
         bad = [f"{c.name}: {c.reason}" for c in r.checks if c.status == "fail"]
@@ -105,9 +105,9 @@ def real_stages(root: str | Path) -> list[tuple[str, Callable[[], str]]]:
         assert not s.critical, "; ".join(s.critical)
         return f"advice {hw.thermal_advice(s)}"
     def capture():
-        raise ContinuonError("real sensor capture is not in this version of the workbook: it arrives with the "
-                             "episode recorder (continuonbrain.recording); nothing was captured")
-    return [("hardware checks", checks), ("Hailo identify", hailo), ("health", health), ("sensor capture", capture)]
+        shot = hw.capture_frame(root, work/"frame.jpg")
+        return f"{shot['camera']} via {shot['tool']}: {shot['bytes']} bytes of JPEG"
+    return [("hardware checks", checks), ("Hailo identify", hailo), ("health", health), ("camera still", capture)]
 
 # %% ../../nbs/01c_integration_test.ipynb #10296c40
 def main(real_hardware: bool = False,  # run on the robot's real devices (refuses when they are absent)
@@ -122,7 +122,7 @@ def main(real_hardware: bool = False,  # run on the robot's real devices (refuse
             return 2
     work = Path(tempfile.mkdtemp(prefix="continuon-smoke-"))
     print(f"integration test ({'real hardware' if real_hardware else 'mock hardware'}), work folder {work}")
-    try: results = run_stages(real_stages(root) if real_hardware else mock_stages(work))
+    try: results = run_stages(real_stages(root, work) if real_hardware else mock_stages(work))
     finally:
         if not keep: shutil.rmtree(work, ignore_errors=True)
     passed = sum(r.ok for r in results)
