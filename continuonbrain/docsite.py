@@ -48,7 +48,7 @@ def execute_notebook(src: Path, dst: Path, cwd: Path, flags: set[str] = frozense
     skipped = {i: c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and _skip(c, flags)}
     for i in skipped: nb.cells[i].source = ""
     from continuonbrain.runbook import ipc_kernel_manager
-    try: NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
+    try: NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(), coalesce_streams=True,
                         resources={"metadata": {"path": str(cwd)}}).execute()
     except CellExecutionError as e:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))

@@ -181,9 +181,11 @@ def run_step(step: str,                          # a step name from STEPS
     t0, error, status = time.monotonic(), None, "failed"
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=values, cwd=str(proj), progress_bar=progress,
-                            kernel_name="python3", kernel_manager_class=ipc_kernel_manager())
+                            kernel_name="python3", kernel_manager_class=ipc_kernel_manager(), shutdown_kernel="immediate",
+                            coalesce_streams=True)
     except PapermillExecutionError as e:
         error = f"cell {e.exec_count}: {e.ename}: {e.evalue}"
+        if e.ename == "KeyboardInterrupt": status = "interrupted"   # Ctrl-C reached the kernel first
     except KeyboardInterrupt:
         error, status = "interrupted (Ctrl-C)", "interrupted"
     except Exception as e:   # the kernel died, did not start, or timed out
