@@ -243,6 +243,12 @@ def run_playbook(profile: str = "local", start: str | None = None, stop: str | N
 # %% ../nbs/90_runbook.ipynb #a3ecf09e
 def _pairs(ps) -> dict[str, str]: return {k: v for k, v in (ps or [])}
 
+def _run_options(sp):
+    "The options shared by `run` and `playbook`."
+    sp.add_argument("--run-id", default=None, help="run folder name under outputs/ (default: a new one)")
+    sp.add_argument("--outputs", default=None, help="folder of run folders (default: outputs/)")
+    sp.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+
 def continuon_parser() -> argparse.ArgumentParser:
     "The parser of the `continuon` command."
     p = argparse.ArgumentParser(prog="continuon", description="Run the continuonbrain playbook's notebooks as steps.")
@@ -255,17 +261,12 @@ def continuon_parser() -> argparse.ArgumentParser:
         sp.add_argument("step", help="step name (see `continuon steps`)")
         sp.add_argument("--profile", default="local", help="params/<profile>/ (default: local)")
         sp.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="override a parameter (repeatable)")
-        if name == "run":
-            sp.add_argument("--run-id", default=None, help="run folder name under outputs/ (default: a new one)")
-            sp.add_argument("--outputs", default=None, help="folder of run folders (default: outputs/)")
-            sp.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+        if name == "run": _run_options(sp)
     sp = sub.add_parser("playbook", help="run every step of a profile in order")
     sp.add_argument("--profile", default="local", help="params/<profile>/ (default: local)")
     sp.add_argument("--from", dest="start", default=None, metavar="STEP", help="first step to run")
     sp.add_argument("--to", dest="stop", default=None, metavar="STEP", help="last step to run")
-    sp.add_argument("--run-id", default=None, help="run folder name under outputs/ (default: a new one)")
-    sp.add_argument("--outputs", default=None, help="folder of run folders (default: outputs/)")
-    sp.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    _run_options(sp)
     return p
 
 # %% ../nbs/90_runbook.ipynb #61012244
