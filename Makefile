@@ -34,6 +34,7 @@ playbook: $(STAMP)
 # Regenerate continuonbrain/ and README.md from the notebooks.
 export: $(STAMP)
 	$(BIN)/nbdev_export
+	$(BIN)/python -m continuonbrain.rlds.schema --write
 	$(BIN)/python -m continuonbrain.docsite --readme-only
 
 clean-nbs: $(STAMP)

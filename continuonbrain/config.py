@@ -282,7 +282,7 @@ def cli_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentPars
     for name, doc in docments(func, full=True, returns=False, eval_str=True).items():
         param = doc.anno if isinstance(doc.anno, Param) else Param(doc.docment or "", doc.anno)
         param.set_default(doc.default)
-        flag = name.replace("_", "-")
+        flag = name.rstrip("_").replace("_", "-")  # json_ gives --json
         kw = param.kwargs
         if param.opt: kw["dest"] = name
         if param.negated: flag = f"no-{flag}"

@@ -28,6 +28,14 @@ class Step:
 STEPS = [
     Step("hardware", "01_hardware.ipynb",
          "Pi 5 + AI HAT checks: board, temperature, throttling, memory, disk, Hailo, cameras, I2C, step timing"),
+    Step("capture", "02b_capture.ipynb",
+         "record RLDS episodes from the simulated (or real) arm, crash-safe, and validate them"),
+    Step("tfrecord", "03_tfrecord.ipynb",
+         "validate and convert episodes to sharded TFRecords, normalisation statistics and an RLDS dataset"),
+    Step("export_bundle", "05_export_bundle.ipynb",
+         "anonymized export bundle: pseudonymised ids, personal data removed, manifest with sha256 of every file"),
+    Step("upload", "06_upload.ipynb",
+         "upload the TFRecords to gs://bucket/prefix (the emulator locally), skip unchanged files, download and verify"),
 ]
 
 def get_step(name: str) -> Step:
@@ -151,6 +159,13 @@ def step_params(step: str, profile: str = "local", params: dict[str, str] | None
     return s, prof, fn, resolve_params(specs, fn, params, prof.placeholders)
 
 # %% ../nbs/90_runbook.ipynb #a192fe83
+def _runnable(path: Path):
+    "The notebook without its `#| eval: false` cells (a module's `if __name__ == \"__main__\"` line would run in the kernel), as nbdev_test skips them."
+    import nbformat, re
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and re.search(r"^#\|\s*eval:\s*false\s*$", c.source, re.M))]
+    return nb
+
 def run_step(step: str,                          # a step name from STEPS
              profile: str = "local",              # a folder under params/
              params: dict[str, str] | None = None, # -p overrides, values as text
@@ -180,7 +195,7 @@ def run_step(step: str,                          # a step name from STEPS
     _update_run(run_dir, step, entry, proj)
     t0, error, status = time.monotonic(), None, "failed"
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters=values, cwd=str(proj), progress_bar=progress,
+        pm.execute_notebook(_runnable(nb), str(executed), parameters=values, cwd=str(proj), progress_bar=progress,
                             kernel_name="python3", kernel_manager_class=ipc_kernel_manager(), shutdown_kernel="immediate",
                             coalesce_streams=True)
     except PapermillExecutionError as e:

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['StoreError', 'ArtefactNotFound', 'ChecksumMismatch', 'is_gcs', 'split_gcs', 'join', 'gcs_client', 'atomic_file',
-           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'check_writable', 'ls',
-           'exists', 'delete', 'copy', 'sha256', 'size', 'verify', 'free_port', 'gcs_emulator']
+           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'check_writable',
+           'check_writable_dir', 'ls', 'exists', 'delete', 'copy', 'sha256', 'size', 'verify', 'free_port',
+           'gcs_emulator']
 
 # %% ../nbs/00a_store.ipynb #25725bcc
 import hashlib, os, shutil, socket, subprocess, sys, tempfile, time
@@ -165,6 +166,17 @@ def check_writable(uri: str | Path) -> str:
     except OSError as e: raise StoreError(f"{uri}: cannot create its folder ({e.strerror})") from None
     if not os.access(p.parent, os.W_OK): raise StoreError(f"{uri}: folder {p.parent} is not writable")
     return str(uri)
+
+# %% ../nbs/00a_store.ipynb #cwdir001
+def check_writable_dir(path: str | Path) -> Path:
+    "Create local folder `path` (and its parents) and check it is writable; raise a `StoreError` naming it otherwise."
+    p = Path(path)
+    if is_gcs(str(path)): raise StoreError(f"{path}: expected a local folder, not a gs:// URI")
+    if p.exists() and not p.is_dir(): raise StoreError(f"{path}: is a file, not a folder")
+    try: p.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise StoreError(f"{path}: cannot create the folder ({e.strerror})") from None
+    if not os.access(p, os.W_OK | os.X_OK): raise StoreError(f"{path}: folder is not writable")
+    return p
 
 # %% ../nbs/00a_store.ipynb #3023c248
 def ls(uri: str | Path) -> list[str]:

@@ -9,7 +9,10 @@ from conftest import ROOT
 DOCS = ROOT/"_docs"
 MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "hardware.html",
                 "pi5_hardware_validation": "pi5_hardware_validation.html", "system_health": "system_health.html",
-                "tests.integration_test": "integration_test.html", "runbook": "runbook.html", "docsite": "docsite.html"}
+                "tests.integration_test": "integration_test.html", "runbook": "runbook.html", "docsite": "docsite.html",
+                "rlds.schema": "rlds_schema.html", "rlds.validators": "rlds_validators.html",
+                "recording.arm_episode_recorder": "capture.html", "jax_models.data.tfrecord_converter": "tfrecord.html",
+                "rlds.export_pipeline": "export_bundle.html", "jax_models.utils.upload_to_gcs": "upload.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 

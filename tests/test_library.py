@@ -3,8 +3,10 @@ import importlib, inspect, json
 
 from conftest import PY, ROOT, run
 
-MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite"]
-HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "jax", "gcp_storage_emulator"]
+MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite",
+           "rlds.schema", "rlds.validators", "recording.arm_episode_recorder", "jax_models.data.tfrecord_converter",
+           "rlds.export_pipeline", "jax_models.utils.upload_to_gcs"]
+HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "tensorflow_datasets", "jax", "gcp_storage_emulator"]
 
 
 def test_imports_stay_light():
@@ -31,7 +33,10 @@ def test_every_exported_symbol_is_documented():
 
 def test_module_paths_of_the_playbook_exist():
     for m in ["continuonbrain.config", "continuonbrain.hardware", "continuonbrain.pi5_hardware_validation",
-              "continuonbrain.system_health", "continuonbrain.tests.integration_test", "continuonbrain.runbook"]:
+              "continuonbrain.system_health", "continuonbrain.tests.integration_test", "continuonbrain.runbook",
+              "continuonbrain.rlds.schema", "continuonbrain.rlds.validators", "continuonbrain.recording.arm_episode_recorder",
+              "continuonbrain.jax_models.data.tfrecord_converter", "continuonbrain.rlds.export_pipeline",
+              "continuonbrain.jax_models.utils.upload_to_gcs"]:
         assert importlib.util.find_spec(m), m
 
 

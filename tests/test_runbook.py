@@ -100,8 +100,8 @@ def test_playbook_stops_at_failure_and_resumes(scratch_project, tmp_path):
     assert "continue with: continuon playbook --profile strict --run-id pb --from hardware" in r.stdout
     assert json.loads((tmp_path/"pb/run.json").read_text())["steps"]["hardware"]["status"] == "failed"
     # after fixing the cause (here: the local profile), the same run continues from the failed step
-    r = run([CONTINUON, "playbook", "--profile", "local", "--run-id", "pb", "--from", "hardware", "--outputs", str(tmp_path),
-             "--no-progress"], cwd=scratch_project)
+    r = run([CONTINUON, "playbook", "--profile", "local", "--run-id", "pb", "--from", "hardware", "--to", "hardware",
+             "--outputs", str(tmp_path), "--no-progress"], cwd=scratch_project)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path/"pb/run.json").read_text())["steps"]["hardware"]["status"] == "ok"
 
