@@ -10,7 +10,7 @@ __all__ = ['JOINT_NAMES', 'BASE_H', 'L1', 'L2', 'L3', 'JOINT_LIMITS', 'CAM_W', '
            'record', 'main']
 
 # %% ../../nbs/02b_capture.ipynb #72ef6cd9
-import importlib.util, json, math, os, platform, socket, struct, sys, time, zlib
+import importlib.util, json, math, os, platform, shutil, socket, struct, sys, time, zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,7 +199,7 @@ class EpisodeWriter:
         self.partial = self.dir/f"{self.id}.partial.jsonl"
         self.media = self.dir/self.id
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.media.exists(): _remove_tree(self.media)   # a finished episode of the same id is being replaced
+        if self.media.exists(): shutil.rmtree(self.media)   # a finished episode of the same id is being replaced
         try: self.f = open(self.partial, "x", encoding="utf-8")
         except FileExistsError: raise RecordingError(f"{self.partial}: a recording with this id is in progress or was not recovered") from None
         self.steps, self.fsync_every_s, self.last_sync = 0, fsync_every_s, time.monotonic()
@@ -227,11 +227,6 @@ class EpisodeWriter:
         self._sync(); self.f.close()
         return finalize_partial(self.partial, truncated=truncated, recovered=False)
 
-def _remove_tree(d: Path):
-    for p in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-    d.rmdir()
-
 # %% ../../nbs/02b_capture.ipynb #0bfca04b
 def _read_partial(path: Path) -> tuple[dict | None, list[dict], int]:
     "Metadata, the complete step lines, and the number of lines dropped (torn or unparsable) of a partial recording."
@@ -252,7 +247,7 @@ def finalize_partial(path: str | Path, truncated: bool = True, recovered: bool =
     md, steps, dropped = _read_partial(path)
     if md is None or not steps:
         path.unlink(missing_ok=True)
-        if media.exists(): _remove_tree(media)
+        if media.exists(): shutil.rmtree(media)
         return None
     # media of steps that never got their line
     keep = {f"{eid}/{k}/{s['observation']['robot_state']['frame_id']:06d}.png" for s in steps for k in ("camera", "depth")}

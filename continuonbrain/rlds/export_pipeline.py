@@ -140,7 +140,7 @@ def prepare_cloud_export(episodes: list, output_dir: str | Path, key: bytes | No
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not (out/"manifest.json").is_file():
         raise ExportError(f"{out}: exists and is not an export bundle; refusing to replace it")
-    store.check_writable_dir(out.parent if str(out.parent) else Path("."))
+    store.check_writable_dir(out.parent)
     key = key or export_key()
     hook = media if callable(media) else None
     if not hook and media != "drop": raise ExportError(f"media={media!r}: expected 'drop' or a redaction function")

@@ -219,8 +219,7 @@ def _check_steps(c: _Checker, steps: list, media_root: Path | None):
         a = obs.get("audio")
         if type(a) is dict:
             for k in ("sample_rate", "channels"):
-                if k not in a or a[k] is None: pass   # reported as a missing field; say why it matters
-                elif _is_int(a[k]) and a[k] <= 0: c.add(i, f"{p}.observation.audio.{k}", f"{a[k]}: expected a positive integer")
+                if _is_int(a.get(k)) and a[k] <= 0: c.add(i, f"{p}.observation.audio.{k}", f"{a[k]}: expected a positive integer")
             if any(a.get(k) is None for k in ("sample_rate", "channels")):
                 c.add(i, f"{p}.observation.audio", "audio without sample_rate and channels cannot be decoded")
         if media_root is not None:

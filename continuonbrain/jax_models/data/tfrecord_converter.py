@@ -257,7 +257,7 @@ def convert(input_dir: str | Path, output_dir: str | Path, compress: bool = Fals
         store.write_json(staging/"norm_stats.json", {"split": "train" if by_split["train"] else "val",
                                                      "observation": norm_stats(obs_all, obs_dim), "action": norm_stats(act_all, action_dim)})
         if skip_invalid: store.write_json(staging/"skipped.json", skipped)
-        rlds_dir = write_rlds(staging, [s for s in shards], compress, obs_dim, action_dim, n_joints) if rlds else None
+        rlds_dir = write_rlds(staging, shards, compress, obs_dim, action_dim, n_joints) if rlds else None
         info = {"format": "continuonbrain-tfrecord", "version": INFO_VERSION, "schema_version": SCHEMA_VERSION,
                 "tool": f"continuonbrain {continuonbrain.__version__}", "obs_dim": obs_dim, "action_dim": action_dim,
                 "compression": "GZIP" if compress else "", "images": bool(images), "joints": n_joints,
