@@ -36,6 +36,8 @@ STEPS = [
          "anonymized export bundle: pseudonymised ids, personal data removed, manifest with sha256 of every file"),
     Step("upload", "06_upload.ipynb",
          "upload the TFRecords to gs://bucket/prefix (the emulator locally), skip unchanged files, download and verify"),
+    Step("seed_train", "10c_seed_train.ipynb",
+         "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]
 
 def get_step(name: str) -> Step:

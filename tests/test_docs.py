@@ -12,7 +12,9 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "tests.integration_test": "integration_test.html", "runbook": "runbook.html", "docsite": "docsite.html",
                 "rlds.schema": "rlds_schema.html", "rlds.validators": "rlds_validators.html",
                 "recording.arm_episode_recorder": "capture.html", "jax_models.data.tfrecord_converter": "tfrecord.html",
-                "rlds.export_pipeline": "export_bundle.html", "jax_models.utils.upload_to_gcs": "upload.html"}
+                "rlds.export_pipeline": "export_bundle.html", "jax_models.utils.upload_to_gcs": "upload.html",
+                "wavecore.blocks": "wavecore_blocks.html", "wavecore.model": "wavecore_model.html",
+                "wavecore.curriculum": "curriculum.html", "wavecore.train": "seed_train.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 

@@ -1,0 +1,98 @@
+"""WaveCore seed training as a user runs it: exact resume after SIGKILL, the memory budget, thermal back-off
+read from a (fixture) Pi, and the command line's errors."""
+import json, random, signal, subprocess, time
+
+from conftest import PY, ROOT, run
+
+TRAIN = [PY, "-m", "continuonbrain.wavecore.train"]
+SMALL = ["--profile", "fast", "--d-model", "32", "--steps", "40", "--batch-size", "8", "--ckpt-every", "5",
+         "--eval-every", "20", "--level-steps", "10", "--no-progress"]
+
+
+def _latest_checkpoint(ckpt_dir) -> int:
+    steps = [int(d.name) for d in ckpt_dir.iterdir() if d.name.isdigit()] if ckpt_dir.is_dir() else []
+    return max(steps, default=0)
+
+
+def test_resume_after_sigkill_at_random_moments_is_bit_identical(tmp_path):
+    """Killed with SIGKILL three times (each at a random moment after the run has made new progress, so during training
+    or while a checkpoint is being written) and resumed each time, a run ends with the reference run's parameters."""
+    r = run(TRAIN + SMALL + ["--out", str(tmp_path/"ref")])
+    assert r.returncode == 0, r.stderr
+    ref = json.loads((tmp_path/"ref/metrics.json").read_text())
+    rng, ckpt, kills = random.Random(1234), tmp_path/"killed/checkpoints", []
+    cmd = TRAIN + SMALL + ["--out", str(tmp_path/"killed"), "--resume"]
+    for _ in range(3):
+        before = _latest_checkpoint(ckpt)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while _latest_checkpoint(ckpt) <= before and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL); p.wait(); kills.append(_latest_checkpoint(ckpt))
+        else:
+            assert p.returncode == 0, p.stderr.read()
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path/"killed/metrics.json").read_text())
+    assert len(kills) >= 2, f"the run should have been killed at least twice, got {kills}"
+    assert got["step"] == 40 and got["params_sha256"] == ref["params_sha256"]
+    assert got["resumed_at"] and all(0 < s < 40 for s in got["resumed_at"])
+    assert got["final_loss"] == ref["final_loss"]
+
+
+def test_memory_budget_refuses_before_anything_grows(tmp_path):
+    r = run(TRAIN + ["--profile", "slow", "--memory-budget-gb", "0.5", "--steps", "5", "--out", str(tmp_path/"big"), "--no-progress"])
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "over the memory budget of 0.5 GB" in r.stderr
+    assert not (tmp_path/"big/checkpoints").exists() or not any((tmp_path/"big/checkpoints").iterdir())
+    assert not (tmp_path/"big/metrics.json").exists()
+
+
+def test_peak_rss_is_reported_and_inside_the_budget(tmp_path):
+    r = run(TRAIN + SMALL + ["--steps", "10", "--out", str(tmp_path/"m"), "--memory-budget-gb", "6"])
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path/"m/metrics.json").read_text())
+    assert 0.1 < m["peak_rss_gb"] < 6 and m["memory_budget_gb"] == 6
+
+
+def test_thermal_back_off_reads_the_pi_and_recovers_when_it_cools(tmp_path, machine):
+    "The guard reads the same probes as system_health; a throttled fixture Pi pauses the loop until it cools."
+    from continuonbrain.hardware import write_fixture_tree
+    from continuonbrain.wavecore.train import ThermalGuard, pi_thermal_signal, seed_train
+    root = machine("pi5-throttled")
+    assert pi_thermal_signal(str(root))() == (84.5, True)
+    sleeps = []
+    def sleep(s):                      # while the loop waits, the Pi cools down: the fixture becomes a healthy Pi 5
+        sleeps.append(s)
+        if len(sleeps) == 2: write_fixture_tree(root, "pi5-hailo8l")
+    guard = ThermalGuard(pi_thermal_signal(str(root)), poll_s=5, sleep=sleep)
+    res = seed_train(tmp_path/"t", "fast", steps=30, batch_size=8, level_steps=10, eval_every=30, ckpt_every=30,
+                     overrides={"d_model": 32}, thermal=guard, thermal_every=10, progress=False, plot=False)
+    events = res.metrics["thermal_events"]
+    assert [e["action"] for e in events] == ["pause", "resume"]
+    assert events[0] == {"step": 10, "action": "pause", "temp_c": 84.5}
+    assert events[1]["temp_c"] == 52.3 and events[1]["waited_s"] == 10
+    assert res.step == 30 and sleeps == [5, 5]
+
+
+def test_command_line_errors(tmp_path):
+    r = run(TRAIN + ["--profile", "huge", "--out", str(tmp_path/"x")])
+    assert r.returncode == 1 and "unknown WaveCore profile 'huge'" in r.stderr
+    r = run(TRAIN + ["--tasks", "copy,fly", "--out", str(tmp_path/"x")])
+    assert r.returncode == 1 and "unknown curriculum task 'fly'" in r.stderr
+    r = run(TRAIN + SMALL + ["--steps", "5", "--out", str(tmp_path/"y")])
+    assert r.returncode == 0, r.stderr
+    r = run(TRAIN + SMALL + ["--steps", "5", "--out", str(tmp_path/"y")])
+    assert r.returncode == 1 and "pass --resume to continue" in r.stderr
+    r = run(TRAIN + SMALL + ["--steps", "5", "--seed", "1", "--out", str(tmp_path/"y"), "--resume"])
+    assert r.returncode == 1 and "seed was 0, now 1" in r.stderr
+
+
+def test_wavecore_imports_no_tensorflow_or_cloud():
+    code = ("import sys\nimport continuonbrain.wavecore.train, continuonbrain.wavecore.curriculum\n"
+            "print([m for m in ('tensorflow', 'google.cloud.storage', 'matplotlib', 'orbax.checkpoint') if m in sys.modules])")
+    r = run([PY, "-c", code])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
