@@ -14,7 +14,9 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "recording.arm_episode_recorder": "capture.html", "jax_models.data.tfrecord_converter": "tfrecord.html",
                 "rlds.export_pipeline": "export_bundle.html", "jax_models.utils.upload_to_gcs": "upload.html",
                 "wavecore.blocks": "wavecore_blocks.html", "wavecore.model": "wavecore_model.html",
-                "wavecore.curriculum": "curriculum.html", "wavecore.train": "seed_train.html"}
+                "wavecore.curriculum": "curriculum.html", "wavecore.train": "seed_train.html",
+                "wavecore.eval": "wavecore_eval.html", "wavecore.export": "wavecore_export.html", "wavecore.distill": "distill.html",
+                "wavecore.selfplay": "selfplay.html", "wavecore.scale": "scale.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 

@@ -6,7 +6,8 @@ from conftest import PY, ROOT, run
 MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite",
            "rlds.schema", "rlds.validators", "recording.arm_episode_recorder", "jax_models.data.tfrecord_converter",
            "rlds.export_pipeline", "jax_models.utils.upload_to_gcs"]
-WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train"]   # JAX modules: jax is their core
+WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
+            "wavecore.distill", "wavecore.selfplay", "wavecore.scale"]   # JAX modules: jax is their core
 HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "tensorflow_datasets", "jax", "gcp_storage_emulator"]
 
 
@@ -37,7 +38,9 @@ def test_module_paths_of_the_playbook_exist():
               "continuonbrain.system_health", "continuonbrain.tests.integration_test", "continuonbrain.runbook",
               "continuonbrain.rlds.schema", "continuonbrain.rlds.validators", "continuonbrain.recording.arm_episode_recorder",
               "continuonbrain.jax_models.data.tfrecord_converter", "continuonbrain.rlds.export_pipeline",
-              "continuonbrain.jax_models.utils.upload_to_gcs", "continuonbrain.wavecore.model", "continuonbrain.wavecore.train"]:
+              "continuonbrain.jax_models.utils.upload_to_gcs", "continuonbrain.wavecore.model", "continuonbrain.wavecore.train",
+              "continuonbrain.wavecore.curriculum", "continuonbrain.wavecore.blocks", "continuonbrain.wavecore.eval",
+              "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale"]:
         assert importlib.util.find_spec(m), m
 
 
@@ -50,3 +53,18 @@ def test_every_notebook_exports_a_module_and_says_what_it_is():
         assert src[0].startswith("#| default_exp "), nb.name
         titles = [s for c, s in zip(cells, src) if c["cell_type"] == "markdown" and s.startswith("# ")]
         assert titles and "\n> " in titles[0], f"{nb.name}: needs '# Title' and a '> summary' line"
+
+
+def test_cells_with_imports_hold_only_imports():
+    "The docs build runs every cell that imports something (nbdev's show_doc processing), so such cells hold nothing else."
+    import ast
+    bad = []
+    for nb in sorted((ROOT/"nbs").glob("*.ipynb")):
+        for i, c in enumerate(json.loads(nb.read_text())["cells"]):
+            src = "".join(c["source"])
+            if c["cell_type"] != "code" or src.startswith("#| export") or "#| export" in src.splitlines()[:2]: continue
+            try: body = ast.parse("\n".join(l for l in src.splitlines() if not l.startswith("%"))).body
+            except SyntaxError: continue
+            kinds = {isinstance(s, (ast.Import, ast.ImportFrom)) for s in body}
+            if kinds == {True, False}: bad.append(f"{nb.name} cell {i}")
+    assert bad == []

@@ -96,3 +96,59 @@ def test_wavecore_imports_no_tensorflow_or_cloud():
     r = run([PY, "-c", code])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_eval_and_export_commands_on_a_trained_run(tmp_path):
+    "Train a little, then the evaluation and export commands as a user types them."
+    r = run(TRAIN + SMALL + ["--steps", "20", "--out", str(tmp_path/"run")])
+    assert r.returncode == 0, r.stderr
+    r = run([PY, "-m", "continuonbrain.wavecore.eval", "--train-dir", str(tmp_path/"run")])
+    assert r.returncode == 0, r.stderr
+    assert "| copy |" in r.stdout and (tmp_path/"run/eval.png").stat().st_size > 1000
+    ev = json.loads((tmp_path/"run/eval.json").read_text())
+    assert set(ev) == {"copy", "reverse", "continue", "add", "modsum", "parity", "rule", "recall", "selcopy"}
+    r = run([PY, "-m", "continuonbrain.wavecore.export", "--train-dir", str(tmp_path/"run")])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path/"run/export/export.json").read_text())
+    assert set(rep["files"]) == {"step.onnx", "step.tflite"}
+    assert all(f["max_abs_diff"] < 1e-4 for f in rep["files"].values())
+    r = run([PY, "-m", "continuonbrain.wavecore.export", "--train-dir", str(tmp_path/"nothing")])
+    assert r.returncode == 1 and "no checkpoint" in r.stderr
+
+
+def test_scale_command_stops_at_the_budget(tmp_path):
+    "With a budget of 0.3 GB (less than the process itself), no stage runs and the command exits 3."
+    r = run([PY, "-m", "continuonbrain.wavecore.scale", "--memory-budget-gb", "0.3", "--out", str(tmp_path/"s")])
+    assert r.returncode == 3, r.stdout + r.stderr
+    res = json.loads((tmp_path/"s/scale.json").read_text())
+    assert res["stopped_by"] == "over budget (predicted)" and res["largest"] is None
+    assert "no stage fits in 0.3 GB" in r.stdout
+
+
+SHORTEN = {"continuonbrain.wavecore.train": ["--steps", "20", "--batch-size", "8", "--d-model", "32", "--eval-every", "10", "--no-progress"],
+           "continuonbrain.wavecore.scale": ["--max-stages", "2"],
+           "continuonbrain.wavecore.selfplay": ["--supervised-steps", "30", "--rounds", "1", "--steps-per-round", "5", "--prompts", "16",
+                                               "--samples", "2"]}
+
+
+def readme_seed_commands() -> list[list[str]]:
+    "The seed-brain commands of the README's playbook, continuation lines joined and comments dropped."
+    text = (ROOT/"README.md").read_text()
+    block = text.split("### The seed brain")[1].split("```bash\n")[1].split("```")[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [ln.split("#")[0].split() for ln in lines if ln.strip()]
+
+
+def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
+    "Each README command with its paths swapped for temporary ones and its long settings shortened (later flags win)."
+    cmds = readme_seed_commands()
+    assert [c[2] for c in cmds] == ["continuonbrain.wavecore.train"] * 2 + ["continuonbrain.wavecore." + m for m in ("eval", "export", "scale", "selfplay")]
+    for c in cmds:
+        assert c[:2] == ["python", "-m"]
+        argv = [PY] + [a.replace("/opt/continuonos/brain", str(tmp_path/"brain")) for a in c[1:]] + SHORTEN.get(c[2], [])
+        r = run(argv, timeout=600)
+        assert r.returncode == 0, f"{' '.join(c)}\n{r.stdout}\n{r.stderr}"
+    assert json.loads((tmp_path/"brain/seed/metrics.json").read_text())["step"] == 20
+    assert (tmp_path/"brain/seed/export/step.onnx").is_file() and (tmp_path/"brain/seed/eval.json").is_file()
+    assert json.loads((tmp_path/"brain/scale/scale.json").read_text())["largest"] is not None
+    assert (tmp_path/"brain/selfplay/selfplay.png").is_file()

@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 
 from ..config import ContinuonError
-from .blocks import KINDS, Block
+from .blocks import KINDS, Block, RMSNorm
 
-# %% ../../nbs/10a_wavecore_model.ipynb #b3b16474
+# %% ../../nbs/10a_wavecore_model.ipynb #78546e92
 class ConfigError(ContinuonError, ValueError):
     "A WaveCore configuration that cannot be built; the message names the field."
 
@@ -75,7 +75,7 @@ class WaveCoreConfig:
         if unknown: raise ConfigError(f"WaveCoreConfig has no field {sorted(unknown)[0]!r}")
         return cls(**d)
 
-# %% ../../nbs/10a_wavecore_model.ipynb #312f5270
+# %% ../../nbs/10a_wavecore_model.ipynb #77b5bc4a
 PROFILES = {
     "fast": WaveCoreConfig(d_model=64, n_layers=2, d_state=16, pattern="ssm", seq_len=128, n_heads=4),
     "mid": WaveCoreConfig(d_model=128, n_layers=4, d_state=16, pattern="ssm,attention", seq_len=256, n_heads=4),
@@ -83,7 +83,7 @@ PROFILES = {
     "toy": WaveCoreConfig(d_model=128, n_layers=2, d_state=16, pattern="ssm,attention", seq_len=64, n_heads=4),
 }
 
-# %% ../../nbs/10a_wavecore_model.ipynb #fbffeddf
+# %% ../../nbs/10a_wavecore_model.ipynb #5ba3a6c4
 class WaveCore(nnx.Module):
     "Token embedding → WaveCore blocks → RMSNorm → token head, with a sequence mode and a step mode."
     def __init__(self, config: WaveCoreConfig, *, rngs: nnx.Rngs):
@@ -93,7 +93,7 @@ class WaveCore(nnx.Module):
         self.blocks = nnx.List([Block(k, c.d_model, seq_len=c.seq_len, n_heads=c.n_heads, d_state=c.d_state, window=c.window,
                                       conv_width=c.conv_width, chunk=c.chunk, mlp_mult=c.mlp_mult, rngs=rngs)
                                 for k in c.layer_kinds])
-        self.norm = nnx.RMSNorm(c.d_model, rngs=rngs)
+        self.norm = RMSNorm(c.d_model)
         self.head = nnx.Linear(c.d_model, c.vocab_size, rngs=rngs)
 
     def features(self, inputs: jax.Array) -> jax.Array:
@@ -121,12 +121,12 @@ class WaveCore(nnx.Module):
             new.append(s)
         return new, self.head(self.norm(h))
 
-# %% ../../nbs/10a_wavecore_model.ipynb #b90f8aaa
+# %% ../../nbs/10a_wavecore_model.ipynb #a6fb0918
 def create_model(config: WaveCoreConfig, seed: int = 0) -> WaveCore:
     "A new WaveCore with parameters drawn from `seed`, initialised in one compiled function."
     return nnx.jit(lambda: WaveCore(config, rngs=nnx.Rngs(seed)))()
 
-# %% ../../nbs/10a_wavecore_model.ipynb #a6fb0918
+# %% ../../nbs/10a_wavecore_model.ipynb #ca0b08e8
 def param_count(model: nnx.Module) -> int:
     "Number of trainable parameters."
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
@@ -135,7 +135,7 @@ def state_size(model: WaveCore, batch_size: int = 1) -> int:
     "Number of floats in the step state."
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(model.init_state(batch_size))))
 
-# %% ../../nbs/10a_wavecore_model.ipynb #669e7315
+# %% ../../nbs/10a_wavecore_model.ipynb #951ef54c
 def step_fn(model: WaveCore):
     "A jitted `f(params, state, x_t) -> (state, logits)` and the model's params."
     graphdef, params = nnx.split(model)
@@ -152,7 +152,7 @@ def forward_fn(model: WaveCore):
         return nnx.merge(graphdef, params)(inputs)
     return f, params
 
-# %% ../../nbs/10a_wavecore_model.ipynb #32f15f97
+# %% ../../nbs/10a_wavecore_model.ipynb #cec4a578
 def time_calls(f, n: int, *args) -> np.ndarray:
     "Seconds per call of `f(*args)` (blocking on the result), `n` calls after one warm-up."
     jax.block_until_ready(f(*args))
