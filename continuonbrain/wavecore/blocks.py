@@ -7,20 +7,25 @@ __all__ = ['KINDS', 'causal_mask', 'rope', 'RMSNorm', 'MLP', 'SpectralMixer', 's
            'run_steps']
 
 # %% ../../nbs/10_wavecore_blocks.ipynb #cd408257
-import math
+import math, typing
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+import flax.nnx.pytreelib
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #15be7b13
+# flax 0.12 evaluates string annotations in flax/nnx/pytreelib.py without importing `Any`, so inspect.signature (and
+# show_doc) fails on every nnx.Module; give the module the name it lacks (see shared/STACK.md).
+if not hasattr(flax.nnx.pytreelib, "Any"): flax.nnx.pytreelib.Any = typing.Any
+
+# %% ../../nbs/10_wavecore_blocks.ipynb #386efbb7
 def causal_mask(t: int, window: int = 0) -> jax.Array:
     "Boolean `[t, t]` mask: query i may see key j when j <= i (and i - j < window, when window > 0)."
     i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
     m = j <= i
     return m & (i - j < window) if window > 0 else m
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #75314e0f
+# %% ../../nbs/10_wavecore_blocks.ipynb #8d2e9a0f
 def rope(x: jax.Array,    # [..., H, head_dim] queries or keys
          pos: jax.Array,  # positions, shaped to broadcast with x's leading axes and a trailing 1 for heads
          base: float = 10000.0) -> jax.Array:
@@ -32,7 +37,7 @@ def rope(x: jax.Array,    # [..., H, head_dim] queries or keys
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #c1a39c3c
+# %% ../../nbs/10_wavecore_blocks.ipynb #9c2681cd
 class RMSNorm(nnx.Module):
     "Root-mean-square normalisation with a learned scale: `x / sqrt(mean(x²) + eps) · scale`."
     def __init__(self, d_model: int, eps: float = 1e-6, *, rngs: nnx.Rngs | None = None):
@@ -43,7 +48,7 @@ class RMSNorm(nnx.Module):
         ms = jnp.sum(x * x, axis=-1, keepdims=True) / x.shape[-1]
         return x * jax.lax.rsqrt(ms + self.eps) * self.scale[...]
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #f6772ac7
+# %% ../../nbs/10_wavecore_blocks.ipynb #8dccdc86
 class MLP(nnx.Module):
     "The channel mixer: Linear → GELU → Linear, `mult` times wider inside."
     def __init__(self, d_model: int, mult: int = 4, *, rngs: nnx.Rngs):
@@ -52,7 +57,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x): return self.down(jax.nn.gelu(self.up(x)))
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #8f685caf
+# %% ../../nbs/10_wavecore_blocks.ipynb #b44695db
 class SpectralMixer(nnx.Module):
     "Causal long convolution (FFT zero-padded to 2T in sequence mode, a buffer of past inputs in step mode)."
     def __init__(self, d_model: int, seq_len: int, *, rngs: nnx.Rngs):
@@ -89,7 +94,7 @@ class SpectralMixer(nnx.Module):
         y = jnp.einsum("bld,ld->bd", buf, self.filter()[::-1])
         return {"buf": buf}, self.out_proj((y + u * self.skip[...]) * jax.nn.silu(g))
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #bcf45ae7
+# %% ../../nbs/10_wavecore_blocks.ipynb #6862295a
 def ssd(x: jax.Array,   # [B, T, H, P] inputs (already scaled by dt)
         la: jax.Array,  # [B, T, H] log decay per step (<= 0)
         b: jax.Array,   # [B, T, N] input projections
@@ -121,7 +126,7 @@ def ssd(x: jax.Array,   # [B, T, H, P] inputs (already scaled by dt)
         y = y + jnp.einsum("bcth,bctn,bchpn->bcthp", jnp.exp(cum), c, entering)
     return y.reshape(bsz, nc * q, nh, p)[:, :t]
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #2f95c6ba
+# %% ../../nbs/10_wavecore_blocks.ipynb #75148829
 class SSMMixer(nnx.Module):
     "Diagonal input-gated linear recurrence with `d_state` state per channel (chunked selective scan / O(1) step)."
     def __init__(self, d_model: int, d_state: int = 16, n_heads: int = 4, conv_width: int = 4, chunk: int = 64,
@@ -172,7 +177,7 @@ class SSMMixer(nnx.Module):
         y = jnp.einsum("bhpn,bn->bhp", h, c) + xs * self.D[...][:, None]
         return {"conv": window[:, 1:], "h": h}, self.out_proj(y.reshape(x.shape[0], self.d_model) * jax.nn.silu(z))
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #05603da9
+# %% ../../nbs/10_wavecore_blocks.ipynb #6ff74e2d
 class AttentionMixer(nnx.Module):
     "Causal multi-head attention with rotary positions, optionally windowed; a KV cache in step mode."
     def __init__(self, d_model: int, n_heads: int, seq_len: int, window: int = 0, *, rngs: nnx.Rngs):
@@ -217,7 +222,7 @@ class AttentionMixer(nnx.Module):
         y = jnp.einsum("bhs,bshd->bhd", jax.nn.softmax(s, axis=-1), vs)
         return {"k": ks, "v": vs, "pos": pos + 1}, self.out_proj(y.reshape(x.shape[0], self.d_model))
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #3e6c8226
+# %% ../../nbs/10_wavecore_blocks.ipynb #c3729ea9
 KINDS = ("spectral", "ssm", "attention")
 
 class Block(nnx.Module):
@@ -247,7 +252,7 @@ class Block(nnx.Module):
         x = x + h
         return state, x + self.mlp(self.norm2(x))
 
-# %% ../../nbs/10_wavecore_blocks.ipynb #f55e8985
+# %% ../../nbs/10_wavecore_blocks.ipynb #339bec05
 def run_steps(layer, x: jax.Array) -> jax.Array:
     "Run `layer.step` over `x` `[B, T, D]` from a fresh state; returns `[B, T, D]`."
     state, ys = layer.init_state(x.shape[0]), []

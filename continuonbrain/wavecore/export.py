@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# %% ../../nbs/10e_wavecore_export.ipynb #fc40d05a
+# %% ../../nbs/10e_wavecore_export.ipynb #1ef8b8b2
 ONNX_OPSET = 17
 FORBIDDEN_ONNX = {"DFT", "STFT", "Loop", "Scan", "If"}              # ops a step graph must not contain
 FORBIDDEN_TFLITE = {"RFFT2D", "WHILE", "IF", "CALL_ONCE", "FLEX"}
@@ -44,7 +44,7 @@ def state_names(n: int) -> list[str]:
     "Input names of the exported graphs: `x`, then `s0..s{n-1}`."
     return ["x"] + [f"s{i}" for i in range(n)]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #29e3ebc3
+# %% ../../nbs/10e_wavecore_export.ipynb #358b7368
 def export_onnx(model: WaveCore, path: str | Path, batch_size: int = 1, opset: int = ONNX_OPSET) -> Path:
     "Write the step function as an ONNX model (atomically) and check it has no FFT, scan or loop operators."
     from jax2onnx import to_onnx
@@ -57,7 +57,7 @@ def export_onnx(model: WaveCore, path: str | Path, batch_size: int = 1, opset: i
     store.write_bytes(path, proto.SerializeToString())
     return Path(path)
 
-# %% ../../nbs/10e_wavecore_export.ipynb #39e47924
+# %% ../../nbs/10e_wavecore_export.ipynb #29e3ebc3
 class OnnxStep:
     "Run an exported ONNX step with onnxruntime: `init_state()`, `step(state, x) -> (state, logits)`."
     def __init__(self, path: str | Path, threads: int = 1):
@@ -74,7 +74,7 @@ class OnnxStep:
         out = self.sess.run(None, dict(zip(self.inputs, [np.asarray(x, np.int32)] + list(state))))
         return out[1:], out[0]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #a58bbdbf
+# %% ../../nbs/10e_wavecore_export.ipynb #2546182e
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -121,7 +121,7 @@ class TFLiteStep:
         out = [self.it.get_tensor(i) for i in self.out]
         return out[1:], out[0]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #058ec1e4
+# %% ../../nbs/10e_wavecore_export.ipynb #35b89e03
 def rollout_diff(model: WaveCore, runner, tokens: np.ndarray) -> float:
     "Largest absolute logit difference between JAX step mode and `runner` over `tokens` `[T, B]`, state carried by each."
     f, specs, init = flat_step(model, tokens.shape[1])
@@ -143,7 +143,7 @@ def runner_latency(runner, n: int = 2000) -> np.ndarray:
         state, _ = runner.step(state, x)
     return time_calls(call, n)
 
-# %% ../../nbs/10e_wavecore_export.ipynb #41f54a03
+# %% ../../nbs/10e_wavecore_export.ipynb #2e879af3
 def latency_report(model: WaveCore, folder: str | Path, n: int = 2000) -> list[dict]:
     "Export `model` into `folder` and measure step latency (p50, p99, ms) for JAX, LiteRT and onnxruntime."
     from continuonbrain.wavecore.model import step_fn
@@ -155,7 +155,7 @@ def latency_report(model: WaveCore, folder: str | Path, n: int = 2000) -> list[d
     rows.append(("onnxruntime", runner_latency(OnnxStep(export_onnx(model, folder/"step.onnx")), n)))
     return [{"runtime": r, "p50_ms": float(np.median(t) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3)} for r, t in rows]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #dd7f3899
+# %% ../../nbs/10e_wavecore_export.ipynb #5e1e073c
 def export_run(train_dir: str | Path, out: str | Path, rollout: int = 100, tolerance: float = 1e-4, seed: int = 0) -> dict:
     "Export the model of a `seed_train` run to ONNX and TFLite in `out`, verified over a `rollout`-step rollout."
     from continuonbrain.wavecore.train import load_model
@@ -185,6 +185,6 @@ def main(train_dir: str = "",       # a seed_train --out folder (its latest chec
         print(f"{name:12s} {r['bytes'] / 1e6:7.2f} MB  max |diff| over {rollout} steps {r['max_abs_diff']:.1e}")
     return 0
 
-# %% ../../nbs/10e_wavecore_export.ipynb #8ee64fb9
+# %% ../../nbs/10e_wavecore_export.ipynb #dd7f3899
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.export"))

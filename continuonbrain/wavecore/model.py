@@ -18,7 +18,7 @@ from flax import nnx
 from ..config import ContinuonError
 from .blocks import KINDS, Block, RMSNorm
 
-# %% ../../nbs/10a_wavecore_model.ipynb #78546e92
+# %% ../../nbs/10a_wavecore_model.ipynb #b3b16474
 class ConfigError(ContinuonError, ValueError):
     "A WaveCore configuration that cannot be built; the message names the field."
 
@@ -75,7 +75,7 @@ class WaveCoreConfig:
         if unknown: raise ConfigError(f"WaveCoreConfig has no field {sorted(unknown)[0]!r}")
         return cls(**d)
 
-# %% ../../nbs/10a_wavecore_model.ipynb #77b5bc4a
+# %% ../../nbs/10a_wavecore_model.ipynb #312f5270
 PROFILES = {
     "fast": WaveCoreConfig(d_model=64, n_layers=2, d_state=16, pattern="ssm", seq_len=128, n_heads=4),
     "mid": WaveCoreConfig(d_model=128, n_layers=4, d_state=16, pattern="ssm,attention", seq_len=256, n_heads=4),
@@ -83,7 +83,7 @@ PROFILES = {
     "toy": WaveCoreConfig(d_model=128, n_layers=2, d_state=16, pattern="ssm,attention", seq_len=64, n_heads=4),
 }
 
-# %% ../../nbs/10a_wavecore_model.ipynb #5ba3a6c4
+# %% ../../nbs/10a_wavecore_model.ipynb #fbffeddf
 class WaveCore(nnx.Module):
     "Token embedding → WaveCore blocks → RMSNorm → token head, with a sequence mode and a step mode."
     def __init__(self, config: WaveCoreConfig, *, rngs: nnx.Rngs):
@@ -121,12 +121,12 @@ class WaveCore(nnx.Module):
             new.append(s)
         return new, self.head(self.norm(h))
 
-# %% ../../nbs/10a_wavecore_model.ipynb #a6fb0918
+# %% ../../nbs/10a_wavecore_model.ipynb #b90f8aaa
 def create_model(config: WaveCoreConfig, seed: int = 0) -> WaveCore:
     "A new WaveCore with parameters drawn from `seed`, initialised in one compiled function."
     return nnx.jit(lambda: WaveCore(config, rngs=nnx.Rngs(seed)))()
 
-# %% ../../nbs/10a_wavecore_model.ipynb #ca0b08e8
+# %% ../../nbs/10a_wavecore_model.ipynb #a6fb0918
 def param_count(model: nnx.Module) -> int:
     "Number of trainable parameters."
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
@@ -135,7 +135,7 @@ def state_size(model: WaveCore, batch_size: int = 1) -> int:
     "Number of floats in the step state."
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(model.init_state(batch_size))))
 
-# %% ../../nbs/10a_wavecore_model.ipynb #951ef54c
+# %% ../../nbs/10a_wavecore_model.ipynb #669e7315
 def step_fn(model: WaveCore):
     "A jitted `f(params, state, x_t) -> (state, logits)` and the model's params."
     graphdef, params = nnx.split(model)
@@ -152,7 +152,7 @@ def forward_fn(model: WaveCore):
         return nnx.merge(graphdef, params)(inputs)
     return f, params
 
-# %% ../../nbs/10a_wavecore_model.ipynb #cec4a578
+# %% ../../nbs/10a_wavecore_model.ipynb #32f15f97
 def time_calls(f, n: int, *args) -> np.ndarray:
     "Seconds per call of `f(*args)` (blocking on the result), `n` calls after one warm-up."
     jax.block_until_ready(f(*args))

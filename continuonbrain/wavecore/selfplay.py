@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# %% ../../nbs/10g_selfplay.ipynb #bf6596da
+# %% ../../nbs/10g_selfplay.ipynb #e56ea28c
 @partial(jax.jit, static_argnums=0)
 def _next_logits(graphdef, params, tokens, pos):
     logits = nnx.merge(graphdef, params)(tokens)
@@ -52,7 +52,7 @@ def generate(model: WaveCore, prompts: np.ndarray, n_new: int, temperature: floa
         if p + i < length: toks[:, p + i] = nxt
     return out
 
-# %% ../../nbs/10g_selfplay.ipynb #f544c9ab
+# %% ../../nbs/10g_selfplay.ipynb #7e32079c
 def prompt_tokens(task: cur.Task, prompt: list[int]) -> list[int]:
     "`BOS TASK prompt SEP`: what the model sees before it answers."
     return cur.encode(task, prompt, [])[:-1]
@@ -64,7 +64,7 @@ def verify(task: cur.Task, prompt: list[int], generated, answer_len: int) -> boo
     if any(not cur.SYM0 <= t < cur.SYM0 + cur.N_SYM for t in g[:-1]): return False
     return [t - cur.SYM0 for t in g[:-1]] == cur.solve_prompt(task, prompt, answer_len)
 
-# %% ../../nbs/10g_selfplay.ipynb #40e7c93d
+# %% ../../nbs/10g_selfplay.ipynb #c16b32d6
 @dataclass
 class Pool:
     "Training examples (encoded sequences) with where each came from."
@@ -106,7 +106,7 @@ def self_play_round(model: WaveCore, task: cur.Task, level: int, n_prompts: int,
                 if tuple(s) not in held and tuple(s) not in seen: seen.add(tuple(s)); kept.append(s)
     return kept, {"prompts": n_prompts, "solved": int(solved.sum()), "kept": len(kept)}
 
-# %% ../../nbs/10g_selfplay.ipynb #30ab3702
+# %% ../../nbs/10g_selfplay.ipynb #c82d6005
 def exact_at(model: WaveCore, curriculum: cur.Curriculum, task: str, level: int) -> float:
     "Hold-out exact-match accuracy of `task` at `level` (0-based)."
     h = curriculum.holdout(task)
@@ -144,7 +144,7 @@ def selfplay_experiment(task: str = "add", level: int = 1, labelled: int = 256, 
                  f"self-play {row['selfplay_exact']:.3f} vs supervised only {row['supervised_exact']:.3f}")
     return out
 
-# %% ../../nbs/10g_selfplay.ipynb #124ddd6b
+# %% ../../nbs/10g_selfplay.ipynb #0f2b021b
 def plot_experiment(res: dict, path: str | Path | None = None):
     "Hold-out exact match per round: self-play against supervised-only, from the same starting point."
     import matplotlib
@@ -186,6 +186,6 @@ def main(task: str = "add",            # curriculum task
           f"{last['selfplay_exact']:.3f}, supervised only {last['supervised_exact']:.3f}")
     return 0
 
-# %% ../../nbs/10g_selfplay.ipynb #08f29308
+# %% ../../nbs/10g_selfplay.ipynb #124ddd6b
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.selfplay"))

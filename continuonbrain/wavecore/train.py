@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# %% ../../nbs/10c_seed_train.ipynb #cdf95a14
+# %% ../../nbs/10c_seed_train.ipynb #c2dcdec3
 class TrainError(ContinuonError):
     "Training cannot go on: bad batches, a non-finite loss, an incompatible checkpoint."
 
@@ -55,7 +55,7 @@ def check_batch(batch: dict, vocab_size: int, where: str = "batch") -> dict:
     out["mask"] = out["mask"].astype(np.float32)
     return out
 
-# %% ../../nbs/10c_seed_train.ipynb #5ca9cbe3
+# %% ../../nbs/10c_seed_train.ipynb #cdf95a14
 def check_teacher(logits, batch: dict, vocab_size: int, where: str = "batch") -> np.ndarray:
     "Check a teacher's logits for a batch: `float[B, T, vocab]`, finite."
     a = np.asarray(logits, np.float32)
@@ -64,7 +64,7 @@ def check_teacher(logits, batch: dict, vocab_size: int, where: str = "batch") ->
     if not np.isfinite(a).all(): raise TrainError(f"{where}: the teacher's logits are not all finite")
     return a
 
-# %% ../../nbs/10c_seed_train.ipynb #d65e0fa0
+# %% ../../nbs/10c_seed_train.ipynb #5ca9cbe3
 def masked_loss(logits, targets, mask):
     "Mean cross-entropy over masked positions, and the count of correct and of scored positions."
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
@@ -104,7 +104,7 @@ def make_train_step(graphdef, tx, distill_alpha: float = 0.0, temperature: float
             {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0), "grad_norm": optax.tree.norm(grads)}
     return jax.jit(train_step, donate_argnums=(0, 1))
 
-# %% ../../nbs/10c_seed_train.ipynb #021cdbc4
+# %% ../../nbs/10c_seed_train.ipynb #a1aeb9ae
 @dataclass
 class FitResult:
     "What `fit` returns: the trained model, the loss at every step, and how long it took."
@@ -150,7 +150,7 @@ def fit(config: WaveCoreConfig, batches: Iterable[dict], steps: int, learning_ra
     if bad: raise TrainError(f"loss is {history[bad[0]]} at step {bad[0]}: lower the learning rate")
     return FitResult(model, history, [float(x) for x in jax.device_get(accs)], time.perf_counter() - t0, tokens)
 
-# %% ../../nbs/10c_seed_train.ipynb #0f618bc0
+# %% ../../nbs/10c_seed_train.ipynb #021cdbc4
 @partial(jax.jit, static_argnums=0)
 def _row_metrics(graphdef, params, b):
     logits = nnx.merge(graphdef, params)(b["inputs"])
@@ -189,7 +189,7 @@ def evaluate(model: WaveCore, batches) -> dict:
     if not rows: raise TrainError("evaluate: no batches")
     return summarize({k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
 
-# %% ../../nbs/10c_seed_train.ipynb #76dd73fb
+# %% ../../nbs/10c_seed_train.ipynb #bfe62397
 def evaluate_tasks(model: WaveCore, curriculum: "cur.Curriculum") -> dict:
     "Hold-out metrics of every task of `curriculum` (and exact match per level), with the random baseline beside them."
     h = curriculum.holdout()
@@ -201,7 +201,7 @@ def evaluate_tasks(model: WaveCore, curriculum: "cur.Curriculum") -> dict:
                        "exact_by_level": {int(lv) + 1: summarize(rows, sel & (h.level == lv))["exact"] for lv in np.unique(h.level[sel])}}
     return out
 
-# %% ../../nbs/10c_seed_train.ipynb #b35ec5e4
+# %% ../../nbs/10c_seed_train.ipynb #1b850835
 GB = 1024 ** 3
 
 def rss_bytes() -> int:
@@ -238,7 +238,7 @@ def compiled_bytes(compiled) -> int:
     ma = compiled.memory_analysis()
     return int(ma.temp_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes)
 
-# %% ../../nbs/10c_seed_train.ipynb #54c1104e
+# %% ../../nbs/10c_seed_train.ipynb #03d0e5e5
 def pi_thermal_signal(root: str = "/") -> Callable[[], tuple[float | None, bool]]:
     "A reader of `(temperature °C or None, throttled now)` from the same probes as `system_health`."
     from continuonbrain.hardware import cpu_temperature, throttle_state
@@ -290,7 +290,7 @@ class ThermalGuard:
         self.events.append({"step": step, "action": "slow", "temp_c": temp, "waited_s": waited})
         return waited
 
-# %% ../../nbs/10c_seed_train.ipynb #d2b32c28
+# %% ../../nbs/10c_seed_train.ipynb #07b3515b
 RESUME_KEYS = ("profile", "overrides", "seed", "batch_size", "learning_rate", "steps", "warmup", "tasks", "level_steps",
                "replay", "max_level", "teacher", "distill_alpha", "temperature")
 
@@ -320,7 +320,7 @@ def restore_checkpoint(mgr, like: dict, step: int | None = None) -> tuple[dict, 
     r = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return r["state"], r["meta"]
 
-# %% ../../nbs/10c_seed_train.ipynb #2c2c0ac7
+# %% ../../nbs/10c_seed_train.ipynb #736e25eb
 def _fresh_state(cfg: WaveCoreConfig, settings: dict):
     "A new model, its graph definition, the optimizer and the checkpointed state of step 0."
     model = create_model(cfg, settings["seed"])
@@ -344,7 +344,7 @@ def load_model(train_dir: str | Path, step: int | None = None) -> WaveCore:
     nnx.update(model, state["params"])
     return model
 
-# %% ../../nbs/10c_seed_train.ipynb #43fe0cd7
+# %% ../../nbs/10c_seed_train.ipynb #3b7ca5e7
 def open_teacher(spec: str) -> tuple[object | None, str]:
     "A teacher from `spec` ('': none; a seed_train folder; an http(s):// completions URL) and a note for the metrics."
     if not spec: return None, "off"
@@ -354,7 +354,7 @@ def open_teacher(spec: str) -> tuple[object | None, str]:
         except distill.TeacherUnavailable as e: return None, f"skipped: {e}; trained without distillation"
     return distill.ModelTeacher(load_model(spec)), f"WaveCore teacher from {spec}"
 
-# %% ../../nbs/10c_seed_train.ipynb #d85b3341
+# %% ../../nbs/10c_seed_train.ipynb #43fe0cd7
 @dataclass
 class SeedRun:
     "The outcome of `seed_train`."
@@ -464,7 +464,7 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
     if plot: plot_run(meta, final, out/"seed_train.png")
     return SeedRun(out, step, metrics, model)
 
-# %% ../../nbs/10c_seed_train.ipynb #a5b1531b
+# %% ../../nbs/10c_seed_train.ipynb #d85b3341
 def plot_run(meta: dict, final: dict, path: Path | None = None):
     "Training loss and hold-out exact-match accuracy per task over the run; saved to `path` when given."
     import matplotlib; matplotlib.use("Agg") if path else None
@@ -491,7 +491,7 @@ def plot_run(meta: dict, final: dict, path: Path | None = None):
         store.write_bytes(path, buf.getvalue())
     return fig
 
-# %% ../../nbs/10c_seed_train.ipynb #c1e2648f
+# %% ../../nbs/10c_seed_train.ipynb #993a1234
 def format_holdout(holdout: dict) -> str:
     "One line per task: exact match, token accuracy and the random baseline."
     return "\n".join(f"  {t:9s} exact {r['exact']:.3f}  token accuracy {r['accuracy']:.3f}  (random {r['baseline']:.3f})"
@@ -536,6 +536,6 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
     print(format_holdout(m["holdout"]))
     return 0
 
-# %% ../../nbs/10c_seed_train.ipynb #9af245ca
+# %% ../../nbs/10c_seed_train.ipynb #c1e2648f
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.train"))
