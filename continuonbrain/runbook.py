@@ -8,7 +8,7 @@ __all__ = ['STEPS', 'Step', 'get_step', 'StepRecord', 'git_state', 'package_vers
            'continuon_parser', 'main', 'cli']
 
 # %% ../nbs/90_runbook.ipynb #d5b07d14
-import argparse, importlib.metadata, io, os, platform, shutil, subprocess, sys, tempfile, time
+import argparse, importlib.metadata, os, platform, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,8 +65,7 @@ class StepRecord:
 
     def savefig(self, fig, name: str, dpi: int = 110) -> Path:
         "Save a matplotlib figure atomically into the step folder (show it with `IPython.display.Image(filename=...)`)."
-        buf = io.BytesIO(); fig.savefig(buf, format=Path(name).suffix[1:] or "png", dpi=dpi, bbox_inches="tight")
-        store.write_bytes(self.path(name), buf.getvalue()); return self.path(name)
+        store.write_figure(self.path(name), fig, dpi, bbox_inches="tight"); return self.path(name)
 
     def save(self) -> Path:
         "Write `metrics.json` and `artefacts.json`."

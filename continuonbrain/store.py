@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['StoreError', 'ArtefactNotFound', 'ChecksumMismatch', 'is_gcs', 'split_gcs', 'join', 'gcs_client', 'atomic_file',
-           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'check_writable',
-           'check_writable_dir', 'ls', 'exists', 'delete', 'copy', 'sha256', 'size', 'verify', 'free_port',
-           'gcs_emulator']
+           'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json', 'write_figure',
+           'check_writable', 'check_writable_dir', 'ls', 'exists', 'delete', 'copy', 'sha256', 'size', 'verify',
+           'free_port', 'gcs_emulator']
 
 # %% ../nbs/00a_store.ipynb #25725bcc
 import hashlib, os, shutil, socket, subprocess, sys, tempfile, time
@@ -147,7 +147,17 @@ def read_json(uri: str | Path):
     try: return json.loads(read_text(uri))
     except json.JSONDecodeError as e: raise StoreError(f"{uri}: line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
 
-# %% ../nbs/00a_store.ipynb #b2144a4e
+def write_figure(uri: str | Path, fig, dpi: int = 100, close: bool = False, **savefig_kw) -> str:
+    "Render a matplotlib figure (the format from the suffix, PNG without one) and write it to `uri` like `write_bytes`; `close` frees the figure."
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(str(uri)).suffix[1:] or "png", dpi=dpi, **savefig_kw)
+    if close:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return write_bytes(uri, buf.getvalue())
+
+# %% ../nbs/00a_store.ipynb #3023c248
 def check_writable(uri: str | Path) -> str:
     "Raise unless `uri` looks writable: `gs://bucket/object` in a bucket that answers, or a local file whose folder can be created and written."
     if is_gcs(uri):
@@ -167,7 +177,7 @@ def check_writable(uri: str | Path) -> str:
     if not os.access(p.parent, os.W_OK): raise StoreError(f"{uri}: folder {p.parent} is not writable")
     return str(uri)
 
-# %% ../nbs/00a_store.ipynb #cwdir001
+# %% ../nbs/00a_store.ipynb #bc0422d8
 def check_writable_dir(path: str | Path) -> Path:
     "Create local folder `path` (and its parents) and check it is writable; raise a `StoreError` naming it otherwise."
     p = Path(path)
@@ -178,7 +188,7 @@ def check_writable_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK | os.X_OK): raise StoreError(f"{path}: folder is not writable")
     return p
 
-# %% ../nbs/00a_store.ipynb #3023c248
+# %% ../nbs/00a_store.ipynb #b49d4ee5
 def ls(uri: str | Path) -> list[str]:
     "Every file below a folder or `gs://` prefix (or the one file or object `uri` names), sorted; unfinished writes' temporary files are left out."
     if is_gcs(uri):
@@ -227,7 +237,7 @@ def _copy(src, dst) -> str:
             _copy(src, Path(t)/"x"); _copy(Path(t)/"x", dst)
     return str(dst)
 
-# %% ../nbs/00a_store.ipynb #bc0422d8
+# %% ../nbs/00a_store.ipynb #43e385b3
 def sha256(uri: str | Path, chunk: int = 1 << 20) -> str:
     "The hex sha256 of the artefact at `uri`."
     h = hashlib.sha256()
@@ -258,7 +268,7 @@ def verify(uri: str | Path, expected: str) -> str:
     if got != expected: raise ChecksumMismatch(f"{uri}: sha256 is {got}, expected {expected}")
     return got
 
-# %% ../nbs/00a_store.ipynb #b49d4ee5
+# %% ../nbs/00a_store.ipynb #fc9b34fb
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free right now."
     with socket.socket() as s:

@@ -42,7 +42,7 @@ def _make_continue(rng, p):
         a, d = int(rng.integers(0, 32)), int(rng.integers(1, 32))
         seq = [(a + i * d) % 32 for i in range(shown + asked)]
         return [PLUS] + seq[:shown], seq[shown:]
-    g, r = int(rng.integers(1, 31)), int(rng.integers(2, 30))
+    g, r = int(rng.integers(1, 31)), int(rng.integers(2, 4))       # ratio 2 or 3: the doubling and tripling tables mod 31
     seq = [g * pow(r, i, 31) % 31 for i in range(shown + asked)]
     return [TIMES] + seq[:shown], seq[shown:]
 
@@ -203,13 +203,37 @@ class Curriculum:
         "The level (0-based) being learnt at `step`."
         return min(self.max_level - 1, step // self.level_steps)
 
-    def batch(self, step: int) -> Batch:
-        "The training batch of `step` (the same for the same seed and step, whatever came before)."
+    def mix(self, step: int) -> np.ndarray:
+        "The default share of each (task, level) cell at `step`, `[tasks, max_level]`: tasks alike, the current level `1 - replay`, earlier levels `replay` between them."
+        top, w = self.level(step), np.zeros((len(self.tasks), self.max_level))
+        if top == 0: w[:, 0] = 1.0
+        else: w[:, top], w[:, :top] = 1.0 - self.replay, self.replay / top
+        return w / len(self.tasks)
+
+    def focus(self, step: int, errors, focus: float) -> np.ndarray:
+        "Cell shares that spend `focus` of each batch on cells in proportion to their `errors` (`[tasks, max_level]`, e.g. 1 - exact match on `probe`), the rest as `mix`; only levels reached so far."
+        base = self.mix(step)
+        if not 0 <= focus <= 1: raise ContinuonError(f"focus must be in [0, 1], got {focus}")
+        e = np.asarray(errors, np.float64)
+        if e.shape != base.shape or not np.isfinite(e).all():
+            raise ContinuonError(f"errors must be finite numbers shaped {base.shape} (tasks x levels), got {e.shape}")
+        e = np.where(np.arange(self.max_level) <= self.level(step), np.clip(e, 0.0, 1.0), 0.0)
+        return base if focus == 0 or e.sum() == 0 else (1 - focus) * base + focus * e / e.sum()
+
+    def batch(self, step: int, weights=None) -> Batch:
+        "The training batch of `step` (the same for the same seed, step and `weights`, whatever came before); `weights` (`[tasks, max_level]`, e.g. from `focus`) sets each cell's share."
         rng = np.random.default_rng([self.seed, 0, step])
         top, seqs, tasks, levels = self.level(step), [], [], []
-        for _ in range(self.batch_size):
-            t = self.tasks[int(rng.integers(len(self.tasks)))]
-            lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
+        if weights is not None:
+            p = np.asarray(weights, np.float64)
+            if p.shape != (len(self.tasks), self.max_level) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+                raise ContinuonError(f"weights must be non-negative, finite, not all zero and shaped ({len(self.tasks)}, {self.max_level}); got {p.shape}")
+            cells = rng.choice(p.size, size=self.batch_size, p=(p / p.sum()).ravel())
+        for i in range(self.batch_size):
+            if weights is None:
+                t = self.tasks[int(rng.integers(len(self.tasks)))]
+                lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
+            else: t, lv = self.tasks[int(cells[i]) // self.max_level], int(cells[i]) % self.max_level
             s = encode(t, *t.make(rng, t.levels[lv]))
             while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
             seqs.append(s); tasks.append(TASKS.index(t)); levels.append(lv)
@@ -222,6 +246,18 @@ class Curriculum:
             yield self.batch(step).as_dict()
             step += 1
 
+    def probe(self, per_level: int = 32) -> Batch:
+        "Fresh examples of the training distribution, `per_level` of every task and level (never hold-out sequences): what `focus` steers by, so the hold-out set is never used to steer."
+        seqs, tasks, levels = [], [], []
+        for t in self.tasks:
+            rng = np.random.default_rng([self.seed, 2, TASKS.index(t)])
+            for lv, p in enumerate(t.levels[:self.max_level]):
+                for _ in range(per_level):
+                    s = encode(t, *t.make(rng, p))
+                    while tuple(s) in self._held: s = encode(t, *t.make(rng, p))
+                    seqs.append(s); tasks.append(TASKS.index(t)); levels.append(lv)
+        return to_batch(seqs, tasks, levels, self.seq_len)
+
     def holdout(self, task: str | None = None) -> Batch:
         "The hold-out examples of one task (or all), every level."
         names = [task] if task else [t.name for t in self.tasks]
@@ -233,7 +269,7 @@ class Curriculum:
         full = np.concatenate([batch.inputs[:, :1], batch.targets], axis=1)
         return sum(tuple(int(v) for v in row[:np.flatnonzero(row == EOS)[0] + 1]) in self._held for row in full)
 
-# %% ../../nbs/10b_curriculum.ipynb #d69cea40
+# %% ../../nbs/10b_curriculum.ipynb #179c6083
 def random_baseline(task: str) -> float:
     "Expected per-token accuracy of uniform guessing among the task's answer values (EOS counted as right)."
     n_values = {"modsum": 10, "add": 10, "parity": 2}.get(task, N_SYM)

@@ -47,9 +47,7 @@ def plot_holdout(results: dict, title: str = "hold-out accuracy per task", path:
     ax.axhline(0.99, color="r", ls=":", lw=1, label="99%")
     ax.set_xticks(x, names, rotation=30); ax.set(ylim=(0, 1.05), title=title); ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    if path:
-        import io
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig); store.write_bytes(path, buf.getvalue())
+    if path: store.write_figure(path, fig, close=True)
     return fig
 
 # %% ../../nbs/10d_wavecore_eval.ipynb #4b07d6a8

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ..config import ContinuonError
-from .blocks import KINDS, Block, RMSNorm
+from .blocks import KINDS, Block, Dense, RMSNorm
 
 # %% ../../nbs/10a_wavecore_model.ipynb #b3b16474
 class ConfigError(ContinuonError, ValueError):
@@ -94,7 +94,7 @@ class WaveCore(nnx.Module):
                                       conv_width=c.conv_width, chunk=c.chunk, mlp_mult=c.mlp_mult, rngs=rngs)
                                 for k in c.layer_kinds])
         self.norm = RMSNorm(c.d_model)
-        self.head = nnx.Linear(c.d_model, c.vocab_size, rngs=rngs)
+        self.head = Dense(c.d_model, c.vocab_size, rngs=rngs)
 
     def features(self, inputs: jax.Array) -> jax.Array:
         "The backbone's output `[B, T, d_model]` before the head (what other heads build on)."

@@ -108,9 +108,7 @@ def plot_scale(res: dict, path: str | Path | None = None):
     a2.set(xscale="log" if ran else "linear", xlabel="parameters (M)", ylabel="GB", title="memory"); a2.legend()
     for s in ran: a1.annotate(s["grew"], (s["params_m"], s["step_s"]), fontsize=7)
     fig.tight_layout()
-    if path:
-        import io
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig); store.write_bytes(path, buf.getvalue())
+    if path: store.write_figure(path, fig, close=True)
     return fig
 
 def main(memory_budget_gb: float = 6.0,  # the budget no stage may cross

@@ -158,9 +158,7 @@ def plot_experiment(res: dict, path: str | Path | None = None):
            title=f"{res['task']} level {res['level']}: {res['labelled']} labels")
     ax.legend()
     fig.tight_layout()
-    if path:
-        import io
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig); store.write_bytes(path, buf.getvalue())
+    if path: store.write_figure(path, fig, close=True)
     return fig
 
 def main(task: str = "add",            # curriculum task

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['GB', 'RESUME_KEYS', 'TrainError', 'MemoryBudgetError', 'check_batch', 'check_teacher', 'masked_loss',
            'make_optimizer', 'distill_kl', 'make_train_step', 'FitResult', 'fit', 'row_metrics', 'summarize',
-           'evaluate', 'evaluate_tasks', 'rss_bytes', 'peak_rss_bytes', 'param_bytes', 'reserve_bytes', 'over_budget',
-           'check_budget', 'compiled_bytes', 'pi_thermal_signal', 'ThermalGuard', 'params_digest', 'save_checkpoint',
-           'restore_checkpoint', 'load_model', 'open_teacher', 'SeedRun', 'seed_train', 'plot_run', 'format_holdout',
-           'main']
+           'evaluate', 'evaluate_tasks', 'probe_errors', 'rss_bytes', 'peak_rss_bytes', 'param_bytes', 'reserve_bytes',
+           'over_budget', 'check_budget', 'compiled_bytes', 'pi_thermal_signal', 'ThermalGuard', 'params_digest',
+           'save_checkpoint', 'restore_checkpoint', 'load_model', 'open_teacher', 'SeedRun', 'seed_train', 'plot_run',
+           'format_holdout', 'main']
 
 # %% ../../nbs/10c_seed_train.ipynb #dbb3f30e
 import hashlib, math, resource, sys, time
@@ -201,6 +201,16 @@ def evaluate_tasks(model: WaveCore, curriculum: "cur.Curriculum") -> dict:
                        "exact_by_level": {int(lv) + 1: summarize(rows, sel & (h.level == lv))["exact"] for lv in np.unique(h.level[sel])}}
     return out
 
+def probe_errors(model: WaveCore, curriculum: "cur.Curriculum", probe: "cur.Batch | None" = None) -> np.ndarray:
+    "`1 - exact match` of every (task, level) cell of `curriculum.probe()` (training-distribution examples), `[tasks, max_level]`: what `focus` steers by."
+    probe = curriculum.probe() if probe is None else probe
+    rows, err = row_metrics(model, probe), np.ones((len(curriculum.tasks), curriculum.max_level))
+    for i, t in enumerate(curriculum.tasks):
+        for lv in range(curriculum.max_level):
+            sel = (probe.task == cur.TASK_NAMES.index(t.name)) & (probe.level == lv)
+            if sel.any(): err[i, lv] = 1.0 - summarize(rows, sel)["exact"]
+    return err
+
 # %% ../../nbs/10c_seed_train.ipynb #1b850835
 GB = 1024 ** 3
 
@@ -292,7 +302,7 @@ class ThermalGuard:
 
 # %% ../../nbs/10c_seed_train.ipynb #07b3515b
 RESUME_KEYS = ("profile", "overrides", "seed", "batch_size", "learning_rate", "steps", "warmup", "tasks", "level_steps",
-               "replay", "max_level", "teacher", "distill_alpha", "temperature")
+               "replay", "max_level", "teacher", "distill_alpha", "temperature", "focus")
 
 def params_digest(params) -> str:
     "sha256 over every array of a pytree, in tree order (bit-exact identity of parameters)."
@@ -373,14 +383,16 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
                eval_every: int = 250, ckpt_every: int = 100, tasks: str = "", level_steps: int = 500, replay: float = 0.3,
                max_level: int = 4, warmup: int = 100, overrides: dict | None = None, thermal: ThermalGuard | None = None,
                thermal_every: int = 50, progress: bool = True, plot: bool = True, stop_at: int = 0, teacher: str = "",
-               distill_alpha: float = 0.5, temperature: float = 2.0) -> SeedRun:
+               distill_alpha: float = 0.5, temperature: float = 2.0, focus: float = 0.7) -> SeedRun:
     "Train a WaveCore profile on the curriculum with checkpoints, exact resume, a memory budget and thermal back-off."
     t_start = time.perf_counter()
     out = Path(out); store.check_writable_dir(out)
     settings = {"profile": profile, "overrides": dict(overrides or {}), "seed": seed, "batch_size": batch_size,
                 "learning_rate": learning_rate, "steps": steps, "warmup": warmup, "tasks": tasks, "level_steps": level_steps,
-                "replay": replay, "max_level": max_level, "teacher": teacher, "distill_alpha": distill_alpha, "temperature": temperature}
+                "replay": replay, "max_level": max_level, "teacher": teacher, "distill_alpha": distill_alpha, "temperature": temperature,
+                "focus": focus}
     if steps < 1 or batch_size < 1: raise TrainError(f"steps and batch_size must be >= 1 (got {steps}, {batch_size})")
+    if not 0 <= focus <= 1: raise TrainError(f"focus must be in [0, 1], got {focus}")
     curr = cur.Curriculum(tasks=[t for t in tasks.split(",") if t] or None, seed=seed, batch_size=batch_size,
                           level_steps=level_steps, replay=replay, max_level=max_level)
     cfg = _config_for(profile, settings["overrides"], curr.seq_len)
@@ -399,8 +411,10 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
                                   "; ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
         meta = {**old, "resumed": old["resumed"] + [int(state["step"])]}
     step0 = int(state["step"])
+    probe = curr.probe() if focus > 0 else None
     def get_batch(i: int) -> dict:
-        b = check_batch(curr.batch(i).as_dict(), cfg.vocab_size, f"curriculum batch {i}")
+        weights = curr.focus(i, meta["errors"], focus) if meta.get("errors") is not None else None
+        b = check_batch(curr.batch(i, weights).as_dict(), cfg.vocab_size, f"curriculum batch {i}")
         if tutor is not None: b["teacher_logits"] = check_teacher(tutor.logits(b), b, cfg.vocab_size, f"curriculum batch {i}")
         return b
     first = get_batch(step0)
@@ -440,6 +454,7 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
             nnx.update(model, params)
             ev = evaluate_tasks(model, curr)
             meta["evals"].append({"step": step, **{t: {"exact": r["exact"], "accuracy": r["accuracy"]} for t, r in ev.items()}})
+            if probe is not None: meta["errors"] = probe_errors(model, curr, probe).tolist()
         if step % ckpt_every == 0 or step == steps: checkpoint()
         if deadline is not None and time.monotonic() > deadline and step < steps:
             stop_reason = "minutes"; checkpoint(); break
@@ -467,7 +482,8 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
 # %% ../../nbs/10c_seed_train.ipynb #d85b3341
 def plot_run(meta: dict, final: dict, path: Path | None = None):
     "Training loss and hold-out exact-match accuracy per task over the run; saved to `path` when given."
-    import matplotlib; matplotlib.use("Agg") if path else None
+    import matplotlib
+    if path: matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [2, 2, 1.6]})
     h = np.asarray(meta["history"])
@@ -485,10 +501,7 @@ def plot_run(meta: dict, final: dict, path: Path | None = None):
     a3.barh(names, [final[t]["baseline"] for t in names], color="0.6", height=0.4, label="random baseline")
     a3.set(title="final hold-out accuracy", xlim=(0, 1)); a3.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    if path:
-        import io
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
-        store.write_bytes(path, buf.getvalue())
+    if path: store.write_figure(path, fig, close=True)
     return fig
 
 # %% ../../nbs/10c_seed_train.ipynb #993a1234
@@ -518,6 +531,7 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
          teacher: str = "",              # distil from a seed_train folder or an LLM completions URL (empty: none)
          distill_alpha: float = 0.5,     # weight of the teacher's KL term
          temperature: float = 2.0,       # distillation temperature
+         focus: float = 0.7,             # share of each batch steered to the task levels that fail most on a probe set (0: fixed mix)
          thermal_root: str = "/",        # filesystem root of the temperature and throttle probes
          no_progress: bool = False,      # no progress bar
         ) -> int:
@@ -526,7 +540,7 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
     try:
         run = seed_train(out, profile, steps, minutes, batch_size, learning_rate, seed, resume, memory_budget_gb, eval_every,
                          ckpt_every, tasks, level_steps, replay, max_level, overrides=ov, teacher=teacher,
-                         distill_alpha=distill_alpha, temperature=temperature,
+                         distill_alpha=distill_alpha, temperature=temperature, focus=focus,
                          thermal=ThermalGuard(pi_thermal_signal(thermal_root)), progress=not no_progress)
     except MemoryBudgetError as e:
         print(f"error: {e}", file=sys.stderr); return 3
