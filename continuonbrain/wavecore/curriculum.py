@@ -199,6 +199,12 @@ class Curriculum:
                                      for _ in range(holdout_per_level)]
         self._held = {tuple(s) for v in self._holdout.values() for s, _ in v}
 
+    def _draw(self, t: Task, rng: np.random.Generator, lv: int) -> list[int]:
+        "One encoded example of task `t` at level `lv` that is not a hold-out sequence."
+        s = encode(t, *t.make(rng, t.levels[lv]))
+        while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
+        return s
+
     def level(self, step: int) -> int:
         "The level (0-based) being learnt at `step`."
         return min(self.max_level - 1, step // self.level_steps)
@@ -234,9 +240,7 @@ class Curriculum:
                 t = self.tasks[int(rng.integers(len(self.tasks)))]
                 lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
             else: t, lv = self.tasks[int(cells[i]) // self.max_level], int(cells[i]) % self.max_level
-            s = encode(t, *t.make(rng, t.levels[lv]))
-            while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
-            seqs.append(s); tasks.append(TASKS.index(t)); levels.append(lv)
+            seqs.append(self._draw(t, rng, lv)); tasks.append(TASKS.index(t)); levels.append(lv)
         return to_batch(seqs, tasks, levels, self.seq_len)
 
     def batches(self, start: int = 0):
@@ -251,11 +255,9 @@ class Curriculum:
         seqs, tasks, levels = [], [], []
         for t in self.tasks:
             rng = np.random.default_rng([self.seed, 2, TASKS.index(t)])
-            for lv, p in enumerate(t.levels[:self.max_level]):
+            for lv in range(self.max_level):
                 for _ in range(per_level):
-                    s = encode(t, *t.make(rng, p))
-                    while tuple(s) in self._held: s = encode(t, *t.make(rng, p))
-                    seqs.append(s); tasks.append(TASKS.index(t)); levels.append(lv)
+                    seqs.append(self._draw(t, rng, lv)); tasks.append(TASKS.index(t)); levels.append(lv)
         return to_batch(seqs, tasks, levels, self.seq_len)
 
     def holdout(self, task: str | None = None) -> Batch:
