@@ -1,12 +1,12 @@
 """WaveCore seed training as a user runs it: exact resume after SIGKILL, the memory budget, thermal back-off
 read from a (fixture) Pi, and the command line's errors."""
-import json, random, signal, subprocess, time
+import json, os, random, signal, subprocess, time
 
 from conftest import PY, ROOT, run
 
 TRAIN = [PY, "-m", "continuonbrain.wavecore.train"]
 SMALL = ["--profile", "fast", "--d-model", "32", "--steps", "40", "--batch-size", "8", "--ckpt-every", "5",
-         "--eval-every", "20", "--level-steps", "10", "--no-progress"]
+         "--eval-every", "20", "--level-steps", "10", "--no-progress", "--devices", "0"]   # data parallel where there are cores
 
 
 def _latest_checkpoint(ckpt_dir) -> int:
@@ -20,6 +20,7 @@ def test_resume_after_sigkill_at_random_moments_is_bit_identical(tmp_path):
     r = run(TRAIN + SMALL + ["--out", str(tmp_path/"ref")])
     assert r.returncode == 0, r.stderr
     ref = json.loads((tmp_path/"ref/metrics.json").read_text())
+    assert ref["devices"] > 1 or len(os.sched_getaffinity(0)) == 1   # the rows were split across the cores
     rng, ckpt, kills = random.Random(1234), tmp_path/"killed/checkpoints", []
     cmd = TRAIN + SMALL + ["--out", str(tmp_path/"killed"), "--resume"]
     for _ in range(3):
@@ -152,3 +153,37 @@ def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
     assert (tmp_path/"brain/seed/export/step.onnx").is_file() and (tmp_path/"brain/seed/eval.json").is_file()
     assert json.loads((tmp_path/"brain/scale/scale.json").read_text())["largest"] is not None
     assert (tmp_path/"brain/selfplay/selfplay.png").is_file()
+
+
+DATA_PARALLEL = r'''
+import json, sys
+import numpy as np, jax
+from flax import nnx
+from continuonbrain.wavecore import curriculum as cur
+from continuonbrain.wavecore.model import WaveCoreConfig
+from continuonbrain.wavecore.train import cpu_devices, fit
+print(json.dumps({"devices": cpu_devices(2)}))
+cfg = WaveCoreConfig(vocab_size=cur.VOCAB_SIZE, d_model=32, n_layers=2, pattern="ssm,attention", seq_len=32)
+c = cur.Curriculum(tasks=["copy", "recall"], batch_size=8, max_level=1, seq_len=32)
+runs = {d: fit(cfg, c.batches(), steps=25, learning_rate=3e-3, devices=d, per_example=True) for d in (1, 2)}
+leaves = {d: jax.tree.leaves(nnx.state(r.model, nnx.Param)) for d, r in runs.items()}
+print(json.dumps({"used": {d: r.devices for d, r in runs.items()},
+                  "final_devices": sorted({len(x.devices()) for x in leaves[2]}),
+                  "loss": {d: r.history for d, r in runs.items()},
+                  "param_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(leaves[1], leaves[2])),
+                  "param_change": max(float(np.abs(np.asarray(a)).max()) for a in leaves[1])}))
+'''
+
+
+def test_data_parallel_training_matches_one_device():
+    "Two CPU devices with four rows each train the same model as one device with all eight, to float tolerance."
+    r = subprocess.run([PY, "-c", DATA_PARALLEL], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, out = (json.loads(line) for line in r.stdout.strip().splitlines()[-2:])
+    assert first["devices"] == 2
+    assert out["used"] == {"1": 1, "2": 2}
+    assert out["final_devices"] == [1]                 # the trained model comes back on one device
+    l1, l2 = out["loss"]["1"], out["loss"]["2"]
+    assert len(l1) == len(l2) == 25 and l1[-1] < l1[0]  # it trained
+    assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4 * max(l1)
+    assert out["param_diff"] < 1e-4, out["param_diff"]

@@ -42,7 +42,7 @@ def _make_continue(rng, p):
         a, d = int(rng.integers(0, 32)), int(rng.integers(1, 32))
         seq = [(a + i * d) % 32 for i in range(shown + asked)]
         return [PLUS] + seq[:shown], seq[shown:]
-    g, r = int(rng.integers(1, 31)), int(rng.integers(2, 4))       # ratio 2 or 3: the doubling and tripling tables mod 31
+    g, r = int(rng.integers(1, 31)), int(rng.integers(2, 31))      # any ratio: 870 sequences a level, too many to memorise
     seq = [g * pow(r, i, 31) % 31 for i in range(shown + asked)]
     return [TIMES] + seq[:shown], seq[shown:]
 

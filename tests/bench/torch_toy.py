@@ -51,9 +51,12 @@ def main(vocab=512, d=128, layers=2, seq=64, batch=16, steps=200, threads=0):
         step()
     flops = fc.get_total_flops()
     for _ in range(20): step()
-    t0 = time.perf_counter()
-    for _ in range(steps): step()
-    dt = (time.perf_counter() - t0) / steps
+    times, per = [], max(1, steps // 5)
+    for _ in range(5):   # the median of five timing windows, as bench_wavecore.py does
+        t0 = time.perf_counter()
+        for _ in range(per): step()
+        times.append((time.perf_counter() - t0) / per)
+    dt = sorted(times)[2]
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3): a @ b
