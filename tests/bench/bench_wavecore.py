@@ -7,7 +7,7 @@ Measures, on this machine:
 - training throughput (tokens/s, and matmul FLOP/s counted from the training step's jaxpr: forward, backward and
   optimizer) of the toy configuration (vocab 512, d_model 128, 2 layers, seq 64, batch 16, AdamW) for the hybrid
   `ssm,attention`, pure `attention`, pure `ssm` and the causal `spectral` stacks, on one XLA device and data parallel
-  over one device per core (how `seed_train` trains: `cpu_devices`, `data_mesh`);
+  over one device per core (what `seed_train --devices 0` does: `cpu_devices`, `data_mesh`);
 - the same for a plain PyTorch model of the original toy (tests/bench/torch_toy.py, run with --torch-python: torch is
   not in the workbook's lock; install it in its own environment: python3.11 -m venv .bench && .bench/bin/pip install
   torch==2.13.0), whose FLOP/s come from torch's FlopCounterMode (matmuls, forward and backward);
@@ -94,7 +94,7 @@ def main():
             res[name, parallel] = r
             rows.append({"model": f"WaveCore {name}", "devices": r["devices"], "tokens/s": round(r["tokens_per_s"]),
                          "GFLOP/s": round(r["flops_per_s"] / 1e9, 2), "MFU": round(r["flops_per_s"] / peak, 3)})
-    par = n_dev > 1   # the targets are read off the way seed_train trains: data parallel when there are several cores
+    par = n_dev > 1   # the targets are read off the data-parallel rows when there are several cores
     torch_ref = None
     if a.torch_python and Path(a.torch_python).exists():
         out = subprocess.run([a.torch_python, str(HERE/"torch_toy.py"), f"--steps={a.steps}"], capture_output=True, text=True)
