@@ -71,8 +71,9 @@ def _running(prompt, op, m):
     return out
 
 def _make_recall(rng, k):
-    keys = [int(v) for v in rng.choice(N_SYM, k, replace=False)]
-    vals = _syms(rng, k)
+    half = N_SYM // 2                                        # keys from symbols 0..15, values from 16..31
+    keys = [int(v) for v in rng.choice(half, k, replace=False)]
+    vals = [half + v for v in _syms(rng, k, half)]
     q = int(rng.integers(0, k))
     return [t for kv in zip(keys, vals) for t in kv] + [QUERY, keys[q]], [vals[q]]
 
@@ -274,7 +275,7 @@ class Curriculum:
 # %% ../../nbs/10b_curriculum.ipynb #179c6083
 def random_baseline(task: str) -> float:
     "Expected per-token accuracy of uniform guessing among the task's answer values (EOS counted as right)."
-    n_values = {"modsum": 10, "add": 10, "parity": 2}.get(task, N_SYM)
+    n_values = {"modsum": 10, "add": 10, "parity": 2, "recall": N_SYM // 2}.get(task, N_SYM)
     t, rng = get_task(task), np.random.default_rng(0)
     lens = [len(t.make(rng, p)[1]) for p in t.levels]
     return float(np.mean([(a / n_values + 1) / (a + 1) for a in lens]))
