@@ -32,6 +32,8 @@ STEPS = [
          "record RLDS episodes from the simulated (or real) arm, crash-safe, and validate them"),
     Step("tfrecord", "03_tfrecord.ipynb",
          "validate and convert episodes to sharded TFRecords, normalisation statistics and an RLDS dataset"),
+    Step("sanity_train", "12_sanity_train.ipynb",
+         "train the CoreModel policy briefly on the TFRecords: the data reads, the widths agree, the loss goes down"),
     Step("export_bundle", "05_export_bundle.ipynb",
          "anonymized export bundle: pseudonymised ids, personal data removed, manifest with sha256 of every file"),
     Step("upload", "06_upload.ipynb",

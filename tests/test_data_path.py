@@ -148,7 +148,8 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
             env={"CONTINUON_HOME": str(tmp_path/"home")}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
-    assert set(steps) == {"hardware", "capture", "tfrecord", "export_bundle", "upload", "seed_train"}
+    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "seed_train"}
+    assert steps["sanity_train"]["metrics"]["data"] == "tfrecord" and steps["sanity_train"]["metrics"]["learned"]
     assert all(s["status"] == "ok" for s in steps.values())
     assert steps["capture"]["metrics"]["valid"] == 3
     assert steps["tfrecord"]["metrics"]["steps"] == {"train": 120, "val": 60}

@@ -122,7 +122,7 @@ def episode_example(a: EpisodeArrays, obs_dim: int = OBS_DIM, action_dim: int = 
 
 def parse_episode(serialized, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, images: bool = False) -> dict:
     "Parse one serialised episode into tensors: observation [T, obs_dim], action [T, action_dim], reward, discount, flags, timestamps."
-    tf = _tf()
+    import tensorflow as tf   # not _tf(): tf.data traces this function, and autograph cannot read the frozen os module's source
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in
             ("episode_id", "observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal", "timestamp_ns")}
     spec["language_instruction"] = tf.io.VarLenFeature(tf.string)
@@ -386,7 +386,7 @@ def load_dataset(path: str | Path, split: str = "train", window: int = 32, strid
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle: ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info["compression"]),
-                       cycle_length=min(4, len(files)), deterministic=True)
+                       cycle_length=min(4, len(files)))   # sequential, so always in the same order
     ds = ds.flat_map(windows)
     if shuffle: ds = ds.shuffle(1024, seed=seed)
     if repeat: ds = ds.repeat()
