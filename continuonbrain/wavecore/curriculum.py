@@ -273,9 +273,9 @@ class Curriculum:
         return sum(tuple(int(v) for v in row[:np.flatnonzero(row == EOS)[0] + 1]) in self._held for row in full)
 
 # %% ../../nbs/10b_curriculum.ipynb #179c6083
-def random_baseline(task: str) -> float:
-    "Expected per-token accuracy of uniform guessing among the task's answer values (EOS counted as right)."
+def random_baseline(task: str, max_level: int = 4) -> float:
+    "Expected per-token accuracy of uniform guessing among the task's answer values (EOS counted as right), over levels 1..max_level."
     n_values = {"modsum": 10, "add": 10, "parity": 2, "recall": N_SYM // 2}.get(task, N_SYM)
     t, rng = get_task(task), np.random.default_rng(0)
-    lens = [len(t.make(rng, p)[1]) for p in t.levels]
+    lens = [len(t.make(rng, p)[1]) for p in t.levels[:max_level]]
     return float(np.mean([(a / n_values + 1) / (a + 1) for a in lens]))

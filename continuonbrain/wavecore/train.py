@@ -236,7 +236,7 @@ def evaluate_tasks(model: WaveCore, curriculum: "cur.Curriculum") -> dict:
     for t in curriculum.tasks:
         sel = h.task == cur.TASK_NAMES.index(t.name)
         m = summarize(rows, sel)
-        out[t.name] = {"loss": m["loss"], "accuracy": m["accuracy"], "exact": m["exact"], "baseline": cur.random_baseline(t.name),
+        out[t.name] = {"loss": m["loss"], "accuracy": m["accuracy"], "exact": m["exact"], "baseline": cur.random_baseline(t.name, curriculum.max_level),
                        "exact_by_level": {int(lv) + 1: summarize(rows, sel & (h.level == lv))["exact"] for lv in np.unique(h.level[sel])}}
     return out
 
