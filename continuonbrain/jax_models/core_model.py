@@ -172,7 +172,7 @@ def random_batch(config: CoreModelConfig, batch_size: int, window: int, seed: in
 def dead_parameters(model: CoreModel, batch: dict) -> list[str]:
     "Paths of parameter arrays whose gradient over `batch` is exactly zero everywhere."
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    grads = jax.grad(lambda p: policy_loss(nnx.merge(graphdef, p, rest), batch))(params)
+    grads = jax.jit(jax.grad(lambda p: policy_loss(nnx.merge(graphdef, p, rest), batch)))(params)
     flat = nnx.to_flat_state(grads)
     return ["/".join(map(str, path)) for path, g in flat if not np.any(np.asarray(g[...] if isinstance(g, nnx.Variable) else g))]
 
