@@ -38,6 +38,8 @@ STEPS = [
          "anonymized export bundle: pseudonymised ids, personal data removed, manifest with sha256 of every file"),
     Step("upload", "06_upload.ipynb",
          "upload the TFRecords to gs://bucket/prefix (the emulator locally), skip unchanged files, download and verify"),
+    Step("train", "13_tpu_train.ipynb",
+         "train the CoreModel data parallel over every device (TPU, or CPU locally): async Orbax checkpoints, resume, held-out evals"),
     Step("seed_train", "10c_seed_train.ipynb",
          "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]

@@ -148,8 +148,11 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
             env={"CONTINUON_HOME": str(tmp_path/"home")}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
-    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "seed_train"}
+    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "seed_train"}
     assert steps["sanity_train"]["metrics"]["data"] == "tfrecord" and steps["sanity_train"]["metrics"]["learned"]
+    t = steps["train"]["metrics"]
+    assert t["data_path"] == str(tmp_path/"home/rlds/tfrecord") and t["step"] == 200 and t["final_loss"] < 0.1 * t["first_loss"]
+    assert (tmp_path/"outputs/pb/train/core_model/checkpoints/200").is_dir()
     assert all(s["status"] == "ok" for s in steps.values())
     assert steps["capture"]["metrics"]["valid"] == 3
     assert steps["tfrecord"]["metrics"]["steps"] == {"train": 120, "val": 60}

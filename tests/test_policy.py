@@ -1,5 +1,9 @@
-"""The robot policy as the playbook runs it: step 4's command as written on real TFRecords, and its failures."""
-import json
+"""The robot policy as the playbook runs it: step 4's and step 7's commands as written on real TFRecords (gs:// on the
+GCS emulator, 8 simulated devices, two processes as two hosts), SIGKILL and resume, and their failures."""
+import json, os, signal, subprocess, time
+
+import numpy as np
+import pytest
 
 from conftest import PY, run
 
@@ -43,3 +47,123 @@ def test_the_sanity_check_refuses_what_it_cannot_learn_from(tmp_path):
     r = run([*SANITY, "--synthetic", "--obs-dim", "16", "--action-dim", "4", "--max-steps", "20", "--out", str(tmp_path/"s")])
     assert r.returncode == 0 and "(synthetic data)" in r.stdout
     assert json.loads((tmp_path/"s/metrics.json").read_text())["data"] == "synthetic"
+
+
+# ---- step 7: sharded training (tpu_train) on 8 simulated devices, against the GCS emulator ----
+
+TPU_TRAIN = [PY, "-m", "continuonbrain.jax_models.train.cloud.tpu_train"]
+EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+DATA_URI, OUT_URI = "gs://continuon-rlds/rlds/episodes", "gs://continuon-rlds/checkpoints/core_model_v0"
+# The playbook's command with its flags as written; a smaller preset and fewer steps so it runs in seconds on 2 cores.
+AS_WRITTEN = ["--data-path", DATA_URI, "--output-dir", OUT_URI, "--batch-size", "256", "--num-steps", "10000", "--learning-rate", "1e-4"]
+SMALL = ["--preset", "development", "--window", "32", "--num-steps", "24", "--checkpoint-every", "8", "--eval-every", "8",
+         "--log-every", "8", "--learning-rate", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def uploaded(gcs, tmp_path_factory):
+    "Eight simulated-arm episodes, converted, and uploaded to the emulator's bucket with step 6's command."
+    root = tmp_path_factory.mktemp("policy")
+    eps, tfr = root/"episodes", root/"tfrecord"
+    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "mock", "--episodes", "8", "--steps", "100"]).returncode == 0
+    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds"]).returncode == 0
+    r = run([PY, "-m", "continuonbrain.jax_models.utils.upload_to_gcs", "--local-dir", str(tfr), "--gcs-bucket", "continuon-rlds",
+             "--gcs-prefix", "rlds/episodes", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    return tfr
+
+
+def _metrics(uri):
+    from continuonbrain import store
+    return store.read_json(store.join(uri, "metrics.json"))
+
+
+def _wipe(uri):
+    from continuonbrain import store
+    try:
+        for u in store.ls(uri): store.delete(u)
+    except store.ArtefactNotFound: pass
+
+
+def test_tpu_train_as_written_on_8_devices_with_gs_data_and_checkpoints(uploaded, tmp_path):
+    _wipe(OUT_URI)
+    r = run([*TPU_TRAIN, *AS_WRITTEN, *SMALL, "--staging-dir", str(tmp_path/"stage")], env=EIGHT, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on 8 device(s)" in r.stdout and "ok: step 24 (num_steps)" in r.stdout
+    m = _metrics(OUT_URI)
+    assert (m["devices"], m["hosts"], m["step"], len(m["losses"])) == (8, 1, 24, 24)
+    assert m["final_loss"] < 0.5 * m["first_loss"] and m["evals"][-1]["heldout_loss"] < m["evals"][-1]["heldout_mean_action_loss"]
+    from continuonbrain import store
+    objs = store.ls(OUT_URI)
+    assert {f"{OUT_URI}/checkpoints/{s}/MIRRORED.json" for s in (8, 16, 24)} <= set(objs) and f"{OUT_URI}/loss.png" in objs
+    # one device, the same batches: the same losses within float tolerance
+    r = run([*TPU_TRAIN, *AS_WRITTEN[:2], "--output-dir", str(tmp_path/"one"), *AS_WRITTEN[4:], *SMALL, "--devices", "1",
+             "--staging-dir", str(tmp_path/"stage")], env=EIGHT, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    one = _metrics(tmp_path/"one")
+    assert one["devices"] == 1 and np.allclose(one["losses"], m["losses"], rtol=1e-5, atol=1e-6), (one["losses"], m["losses"])
+    # parameters split over the 8 devices (FSDP) train to the same numbers
+    r = run([*TPU_TRAIN, *AS_WRITTEN[:2], "--output-dir", str(tmp_path/"fsdp"), *AS_WRITTEN[4:], *SMALL, "--shard-params",
+             "--staging-dir", str(tmp_path/"stage")], env=EIGHT, cwd=tmp_path)
+    assert r.returncode == 0 and "sharded" in r.stdout, r.stderr
+    assert np.allclose(_metrics(tmp_path/"fsdp")["losses"], m["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_tpu_train_killed_with_sigkill_resumes_from_the_bucket_to_the_same_parameters(uploaded, tmp_path):
+    from continuonbrain import store
+    out = "gs://continuon-rlds/checkpoints/killed"
+    _wipe(out)
+    args = [*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", out, "--batch-size", "64", *SMALL, "--num-steps", "48"]
+    ref = run([*args[:6], str(tmp_path/"ref"), *args[7:], "--staging-dir", str(tmp_path/"s0")], env=EIGHT, cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    p = subprocess.Popen([*args, "--staging-dir", str(tmp_path/"s1")], cwd=tmp_path, env={**os.environ, **EIGHT},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = f"{out}/checkpoints/16/MIRRORED.json"
+    t0 = time.monotonic()
+    while not store.exists(marker):
+        assert p.poll() is None and time.monotonic() - t0 < 240, "the run ended (or stalled) before its second checkpoint"
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    assert not store.exists(f"{out}/metrics.json")                          # it never finished
+    r = run([*args, "--staging-dir", str(tmp_path/"s2")], env=EIGHT, cwd=tmp_path)   # a fresh machine: nothing staged
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _metrics(out)
+    assert m["resumed_at"] and m["resumed_at"][0] >= 16 and m["step"] == 48
+    assert m["params_sha256"] == _metrics(tmp_path/"ref")["params_sha256"]
+    assert m["losses"] == _metrics(tmp_path/"ref")["losses"]
+
+
+def test_tpu_train_as_two_hosts_of_four_devices(uploaded, tmp_path):
+    "The multi-host path: two processes joined by jax.distributed (gloo on CPU), each reading half the episodes."
+    from continuonbrain.store import free_port
+    def both(out, *extra):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+               "JAX_NUM_PROCESSES": "2"}
+        argv = [*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(out), "--batch-size", "16", *SMALL, *extra]
+        ps = [subprocess.Popen(argv, cwd=tmp_path, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=300)[0] for p in ps]
+        assert [p.returncode for p in ps] == [0, 0], outs
+        return outs[0]
+    log = both(tmp_path/"full")
+    assert "on 8 device(s) on 2 hosts" in log and "host 0 of 2" in log
+    m = _metrics(tmp_path/"full")
+    assert (m["hosts"], m["devices"], m["step"]) == (2, 8, 24) and m["final_loss"] < 0.5 * m["first_loss"]
+    assert m["train_windows_this_host"] == 16                               # 4 of the 7 training episodes, 4 windows each
+    both(tmp_path/"resumed", "--stop-at", "16")
+    both(tmp_path/"resumed")
+    r = _metrics(tmp_path/"resumed")
+    assert r["resumed_at"] == [16] and r["params_sha256"] == m["params_sha256"]
+
+
+def test_tpu_train_refuses_what_it_cannot_use(uploaded, tmp_path):
+    r = run([*TPU_TRAIN, "--data-path", "gs://no-such-bucket/rlds", "--output-dir", str(tmp_path/"o")])
+    assert r.returncode == 2 and "gs://no-such-bucket: no such bucket" in r.stderr and "Traceback" not in r.stderr
+    r = run([*TPU_TRAIN, "--data-path", "gs://continuon-rlds/nothing-here", "--output-dir", str(tmp_path/"o")])
+    assert r.returncode == 2 and "gs://continuon-rlds/nothing-here: no objects under this prefix" in r.stderr
+    r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"o"), "--obs-dim", "64"])
+    assert r.returncode == 2 and "the data has obs_dim 128, but 64 was asked for" in r.stderr
+    r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"o"), "--batch-size", "12"], env=EIGHT)
+    assert r.returncode == 3 and "--batch-size 12: must be a multiple of the 8 devices" in r.stderr
+    r = run([*TPU_TRAIN, "--output-dir", str(tmp_path/"o")])
+    assert r.returncode == 3 and "--data-path and --output-dir are required" in r.stderr

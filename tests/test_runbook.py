@@ -107,8 +107,8 @@ def test_playbook_stops_at_failure_and_resumes(scratch_project, tmp_path):
 
 
 def test_playbook_rejects_steps_the_profile_does_not_run():
-    r = run([CONTINUON, "playbook", "--profile", "tpu"])
-    assert r.returncode == 1 and "profile 'tpu' has no steps yet" in r.stderr
+    r = run([CONTINUON, "playbook", "--profile", "tpu", "--from", "capture"])
+    assert r.returncode == 1 and "--from capture: profile 'tpu' does not run that step (it runs: train)" in r.stderr
     r = run([CONTINUON, "playbook", "--from", "nowhere"])
     assert r.returncode == 1 and "unknown step 'nowhere'" in r.stderr
 

@@ -354,12 +354,13 @@ def read_episodes(path: str | Path, split: str = "train", images: bool = False):
 def load_dataset(path: str | Path, split: str = "train", window: int = 32, stride: int | None = None,
                  batch_size: int | None = None, shuffle: bool = False, seed: int = 0, normalize: bool = False,
                  obs_dim: int | None = None, action_dim: int | None = None, repeat: bool = False,
-                 drop_remainder: bool = False):
-    "A `tf.data.Dataset` of fixed-length windows with padding masks and episode-start flags (see above)."
+                 drop_remainder: bool = False, shard: tuple[int, int] = (0, 1)):
+    "A `tf.data.Dataset` of fixed-length windows with padding masks and episode-start flags (see above); `shard=(i, n)` keeps episodes i, i+n, ..."
     tf = _tf()
     info = dataset_info(path)
     _check_dims(path, info, obs_dim, action_dim)
     if window < 1: raise ContinuonError(f"window={window}: expected at least 1")
+    if not 0 <= shard[0] < shard[1]: raise ContinuonError(f"shard={shard}: expected (index, count) with 0 <= index < count")
     stride = stride or window
     D, A = info["obs_dim"], info["action_dim"]
     files = _files(path, info, split)
@@ -387,6 +388,7 @@ def load_dataset(path: str | Path, split: str = "train", window: int = 32, strid
     if shuffle: ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info["compression"]),
                        cycle_length=min(4, len(files)))   # sequential, so always in the same order
+    if shard[1] > 1: ds = ds.shard(shard[1], shard[0])      # one host's share of the episodes
     ds = ds.flat_map(windows)
     if shuffle: ds = ds.shuffle(1024, seed=seed)
     if repeat: ds = ds.repeat()

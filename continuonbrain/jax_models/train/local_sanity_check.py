@@ -88,15 +88,19 @@ def synthetic_stats(obs_dim: int, action_dim: int) -> dict:
     return {k: {"mean": [0.0] * d, "std": [1.0] * d} for k, d in (("observation", obs_dim), ("action", action_dim))}
 
 # %% ../../../nbs/12_sanity_train.ipynb #537ece4a
-def make_policy_step(graphdef, tx):
-    "A jitted `step(params, rest, opt_state, batch) -> (params, opt_state, loss)` for a split CoreModel."
+def make_policy_step(graphdef, tx, shardings: tuple | None = None):
+    """A jitted `step(params, rest, opt_state, batch) -> (params, opt_state, loss)` for a split CoreModel.
+    `shardings` = (params, rest, opt_state, batch) shardings pins where each lives on a device mesh (the sharded
+    trainer); params and optimizer state are then donated, and the loss comes back replicated."""
     def loss_fn(params, rest, batch): return policy_loss(nnx.merge(graphdef, params, rest), batch)
-    @jax.jit
     def step(params, rest, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
-    return step
+    if shardings is None: return jax.jit(step)
+    p, r, o, b = shardings
+    one = jax.sharding.NamedSharding(b.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(p, r, o, b), out_shardings=(p, o, one), donate_argnums=(0, 2))
 
 def make_policy_eval(graphdef):
     "A jitted `f(params, rest, batch) -> (loss, mean-action loss)`: the model's loss and that of always predicting the mean action."
