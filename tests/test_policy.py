@@ -167,3 +167,35 @@ def test_tpu_train_refuses_what_it_cannot_use(uploaded, tmp_path):
     assert r.returncode == 3 and "--batch-size 12: must be a multiple of the 8 devices" in r.stderr
     r = run([*TPU_TRAIN, "--output-dir", str(tmp_path/"o")])
     assert r.returncode == 3 and "--data-path and --output-dir are required" in r.stderr
+
+
+def test_evaluate_reads_the_run_from_the_bucket_and_gates_on_the_baselines(uploaded, tmp_path):
+    "Step 7's checkpoints in the emulator's bucket, scored by the evaluation command; an undertrained run fails the gate."
+    from continuonbrain import store
+    # 40 simulated-arm episodes (a fifth held out): enough that a policy can beat ridge regression, which 8 are not
+    eps, tfr, data = tmp_path/"episodes", tmp_path/"tfrecord", "gs://continuon-rlds/rlds/sim40"
+    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "sim", "--episodes", "40", "--steps", "100"]).returncode == 0
+    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds", "--no-images",
+                "--val-fraction", "0.2"]).returncode == 0
+    assert run([PY, "-m", "continuonbrain.jax_models.utils.upload_to_gcs", "--local-dir", str(tfr), "--gcs-bucket", "continuon-rlds",
+                "--gcs-prefix", "rlds/sim40", "--quiet"]).returncode == 0
+    out = "gs://continuon-rlds/checkpoints/evaluated"
+    _wipe(out)
+    r = run([*TPU_TRAIN, "--data-path", data, "--output-dir", out, "--batch-size", "16", *SMALL, "--num-steps", "400",
+             "--checkpoint-every", "400", "--eval-every", "400", "--staging-dir", str(tmp_path/"s")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ev = [PY, "-m", "continuonbrain.jax_models.evaluate", "--train-dir", out]
+    r = run(ev, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "vs ridge" in r.stdout and "vs mean action" in r.stdout
+    m = store.read_json(f"{out}/eval/policy_eval.json")
+    assert m["beats_baselines"] and m["step"] == 400 and m["data_path"] == data and m["episodes"] == 8
+    assert m["action_dims"][-1] == "gripper" and len(m["methods"]["policy"]["rmse"]) == 6
+    assert store.read_bytes(f"{out}/eval/policy_eval.png")[:4] == b"\x89PNG"
+    r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"early"), "--batch-size", "16", *SMALL,
+             "--num-steps", "2", "--checkpoint-every", "2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run([*ev[:-1], str(tmp_path/"early"), "--out", str(tmp_path/"rep")], cwd=tmp_path)
+    assert r.returncode == 4 and "the policy does not beat the" in r.stderr and (tmp_path/"rep/policy_eval.json").is_file()
+    r = run([*ev[:-1], str(tmp_path/"none")])
+    assert r.returncode == 3 and "none/checkpoints: no such folder" in r.stderr

@@ -92,12 +92,12 @@ def local_data(data_path: str, cache_dir: str | Path, progress: bool = False) ->
     return Path(cache_dir)
 
 def load_windows(path: str | Path, split: str, window: int, obs_dim: int | None = None, action_dim: int | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> dict:
-    "Every window of `split` (this host's share of its episodes: `shard` = (host, hosts)) as numpy arrays in raw units."
+                 shard: tuple[int, int] = (0, 1), extra: tuple = ()) -> dict:
+    "Every window of `split` (this host's share of its episodes: `shard` = (host, hosts)) as numpy arrays in raw units; `extra` adds columns such as `episode_id`, `start`."
     p = Path(path)
     info = dataset_summary(p, obs_dim, action_dim, split)
     tf = tfc._tf()
-    keys = ("observation", "action", "mask", "is_first")
+    keys = ("observation", "action", "mask", "is_first", *extra)
     cols = {k: [] for k in keys}
     try:
         for w in tfc.load_dataset(p, split, window=window, shard=shard).as_numpy_iterator():
