@@ -1,6 +1,7 @@
 # continuonbrain workbook. Every target builds .venv from requirements.lock first when needed.
 #   make playbook   run every playbook step on the local profile (outputs/<run_id>/)
-#   make test       everything CI runs: generated code and notebooks in sync, nbdev_test, docs, pytest
+#   make test       everything CI runs: generated code and notebooks in sync, docs (which executes every notebook), pytest
+#   make nbtest     nbdev_test on every notebook (make docs runs them the same way)
 #   make lab        JupyterLab on the project with the .venv kernel
 #   make docs       the static docs site in _docs/
 SHELL := /bin/bash
@@ -63,7 +64,6 @@ test: $(STAMP) browser
 	$(MAKE) --no-print-directory check-sync
 	$(MAKE) --no-print-directory check-clean
 	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory pytest
 

@@ -149,10 +149,32 @@ def notebooks(root: Path) -> list[Path]:
     return sorted(nbs, key=lambda p: (p.name != "index.ipynb", p.name))
 
 # %% ../nbs/91_docsite.ipynb #f4ade4b7
+def _timed_execute(nb: Path, dst: Path, cwd: Path) -> float:
+    t0 = time.monotonic()
+    execute_notebook(nb, dst, cwd)
+    return time.monotonic() - t0
+
+def _execute_all(nbs: list[Path], dst: Path, cwd: Path, workers: int, echo: bool):
+    "Execute `nbs` into `dst`, `workers` at a time (separate processes, one kernel each); the first failure stops the rest."
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        todo = {pool.submit(_timed_execute, nb, dst/nb.name, cwd): nb for nb in nbs}
+        done_n = 0
+        while todo:
+            done, _ = wait(todo, return_when=FIRST_COMPLETED)
+            for f in done:
+                nb = todo.pop(f)
+                if f.exception() is not None:
+                    for g in todo: g.cancel()
+                    raise f.exception()
+                done_n += 1
+                if echo: print(f"[{done_n}/{len(nbs)}] {nb.name}: executed in {f.result():.1f} s", flush=True)
+
 def build_docs(out: str | Path = "_docs", # where the site goes (replaced)
                root: str | Path | None = None, # the project
                execute: bool = True,      # execute the notebooks (False: show whatever outputs they hold)
                echo: bool = True,         # print progress
+               workers: int = 2,          # notebooks executed at once, each in its own kernel
               ) -> Path:
     "Execute and render every notebook into a static site at `out`; returns the folder."
     from nbdev.serve import proc_nbs
@@ -162,11 +184,10 @@ def build_docs(out: str | Path = "_docs", # where the site goes (replaced)
     work = Path(tempfile.mkdtemp(prefix="continuon-docs-"))
     try:
         src = work/"nbs"
-        for i, nb in enumerate(notebooks(proj), 1):
-            t0 = time.monotonic()
-            if execute: execute_notebook(nb, src/nb.name, cwd=proj/"nbs")
-            else: (src).mkdir(exist_ok=True); shutil.copy(nb, src/nb.name)
-            if echo: print(f"[{i}] {nb.name}: {'executed' if execute else 'copied'} in {time.monotonic() - t0:.1f} s", flush=True)
+        src.mkdir()
+        if execute: _execute_all(notebooks(proj), src, proj/"nbs", workers, echo)
+        else:
+            for nb in notebooks(proj): shutil.copy(nb, src/nb.name)
         with _chdir(proj):
             shutil.rmtree(proj/"_proc", ignore_errors=True)
             cache = proc_nbs(str(src), n_workers=0, force=True)
@@ -215,10 +236,11 @@ def write_readme(root: str | Path | None = None) -> Path:
 def main(out: str = "_docs",        # output folder, relative to the project
          readme_only: bool = False,  # only regenerate README.md
          no_execute: bool = False,   # render without executing the notebooks
+         workers: int = 2,           # notebooks executed at once
         ) -> int:
     "Build the docs site, or with --readme-only regenerate README.md."
     if readme_only: write_readme()
-    else: build_docs(out, execute=not no_execute)
+    else: build_docs(out, execute=not no_execute, workers=workers)
     return 0
 
 # %% ../nbs/91_docsite.ipynb #d1650e99

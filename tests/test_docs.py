@@ -19,7 +19,8 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "wavecore.selfplay": "selfplay.html", "wavecore.scale": "scale.html",
                 "jax_models.core_model": "core_model.html", "jax_models.train.local_sanity_check": "sanity_train.html",
                 "jax_models.train.cloud.tpu_train": "tpu_train.html",
-                "jax_models.evaluate": "policy_eval.html"}
+                "jax_models.evaluate": "policy_eval.html",
+                "trainer.local_lora_trainer": "lora_trainer.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 

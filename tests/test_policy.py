@@ -199,3 +199,27 @@ def test_evaluate_reads_the_run_from_the_bucket_and_gates_on_the_baselines(uploa
     assert r.returncode == 4 and "the policy does not beat the" in r.stderr and (tmp_path/"rep/policy_eval.json").is_file()
     r = run([*ev[:-1], str(tmp_path/"none")])
     assert r.returncode == 3 and "none/checkpoints: no such folder" in r.stderr
+
+
+# ---- the LoRA trainer with budgets ----
+
+LORA = [PY, "-m", "continuonbrain.trainer.local_lora_trainer"]
+
+
+def test_the_lora_command_as_written_trains_saves_and_promotes_a_real_adapter(tmp_path):
+    home = tmp_path/"home"
+    r = run([*LORA, "--config", "continuonbrain/configs/pi5-donkey.json", "--use-stub-hooks"], env={"CONTINUON_HOME": str(home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hooks: stub" in r.stdout and "promoted:" in r.stdout and "stub stand-in" in r.stdout
+    active = home/"adapters/active"
+    assert active.is_symlink() and (active/"adapter.json").is_file() and (active/"lora").is_dir()
+    rep = json.loads((active/"adapter.json").read_text())
+    assert rep["promoted"] and rep["heldout"]["improvement"] > 0.5 and rep["safety"]["ok"] and rep["stopped_by"] == "max_steps"
+    from continuonbrain.trainer.local_lora_trainer import load_adapter
+    lora, meta = load_adapter(active)
+    assert sorted(lora) == rep["lora"]["targets"] and all(v["a"].shape[1] == 8 for v in lora.values())
+    # on a machine without the robot's data and base model, and without stand-ins: a clear refusal
+    r = run([*LORA, "--config", "continuonbrain/configs/pi5-donkey.json"], env={"CONTINUON_HOME": str(tmp_path/"robot")})
+    assert r.returncode == 3 and "checkpoints/core_model_v0: no such folder" in r.stderr and "Traceback" not in r.stderr
+    r = run([*LORA, "--config", str(tmp_path/"nope.json"), "--use-stub-hooks"])
+    assert r.returncode == 3 and "nope.json: no such file" in r.stderr
