@@ -156,18 +156,28 @@ def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
 
 
 DATA_PARALLEL = r'''
-import json
-import numpy as np, jax
+import json, re
+import numpy as np, jax, optax
 from flax import nnx
 from continuonbrain.wavecore import curriculum as cur
 from continuonbrain.wavecore.model import WaveCoreConfig
-from continuonbrain.wavecore.train import cpu_devices, fit
+from continuonbrain.wavecore.train import cpu_devices, data_mesh, fit, make_optimizer, make_train_step, on_mesh
 print(json.dumps({"devices": cpu_devices(2)}))
 cfg = WaveCoreConfig(vocab_size=cur.VOCAB_SIZE, d_model=32, n_layers=2, pattern="ssm,attention", seq_len=32)
 c = cur.Curriculum(tasks=["copy", "recall"], batch_size=8, max_level=1, seq_len=32)
 runs = {d: fit(cfg, c.batches(), steps=25, learning_rate=3e-3, devices=d, per_example=True) for d in (1, 2)}
 leaves = {d: jax.tree.leaves(nnx.state(r.model, nnx.Param)) for d, r in runs.items()}
+graphdef, params = nnx.split(runs[1].model)
+params = jax.tree.map(np.asarray, params)   # host copies: each step below donates the device buffers it is given
+tx, mesh = make_optimizer(1e-3, 25), data_mesh(8)
+b = {k: np.asarray(v) for k, v in next(iter(c.batches())).items() if k in ("inputs", "targets", "mask")}
+hlo = make_train_step(graphdef, tx, mesh=mesh).lower(on_mesh(params, mesh), tx.init(on_mesh(params, mesh)), b).compile().as_text()
+sgd = optax.sgd(1.0)   # AdamW hides a wrongly scaled gradient; one plain SGD step shows it
+steps = {n: make_train_step(graphdef, sgd, mesh=m)(on_mesh(params, m), sgd.init(on_mesh(params, m)), b) for n, m in ((1, None), (2, mesh))}
+sgd_diff = max(float(np.abs(np.asarray(a) - np.asarray(c)).max()) for a, c in zip(jax.tree.leaves(steps[1][0]), jax.tree.leaves(steps[2][0])))
 print(json.dumps({"used": {d: r.devices for d, r in runs.items()},
+                  "all_reduce": re.findall(r"= (.+?) all-reduce\(", hlo), "n_params": sum(int(np.prod(x.shape)) for x in leaves[1]),
+                  "sgd": {"grad_norm": [float(steps[n][2]["grad_norm"]) for n in (1, 2)], "param_diff": sgd_diff},
                   "final_devices": sorted({len(x.devices()) for x in leaves[2]}),
                   "loss": {d: r.history for d, r in runs.items()},
                   "param_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(leaves[1], leaves[2]))}))
@@ -186,3 +196,7 @@ def test_data_parallel_training_matches_one_device():
     assert len(l1) == len(l2) == 25 and l1[-1] < l1[0]  # it trained
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-4 * max(l1)
     assert out["param_diff"] < 1e-4, out["param_diff"]
+    g1, g2 = out["sgd"]["grad_norm"]                   # the same gradient, not one summed twice
+    assert abs(g1 - g2) < 1e-5 * g1 and out["sgd"]["param_diff"] < 1e-5, out["sgd"]
+    # one all-reduce per step, of one flat buffer: every gradient plus the loss, correct, scored and normaliser sums
+    assert out["all_reduce"] == [f"f32[{out['n_params'] + 4}]{{0}}"], out["all_reduce"]

@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['GB', 'RESUME_KEYS', 'TrainError', 'MemoryBudgetError', 'check_batch', 'check_teacher', 'cpu_devices', 'data_mesh',
-           'replicated', 'on_mesh', 'loss_weights', 'masked_loss', 'make_optimizer', 'distill_kl', 'make_train_step',
-           'FitResult', 'fit', 'row_metrics', 'summarize', 'evaluate', 'evaluate_tasks', 'probe_errors', 'rss_bytes',
-           'peak_rss_bytes', 'param_bytes', 'reserve_bytes', 'over_budget', 'check_budget', 'compiled_bytes',
-           'pi_thermal_signal', 'ThermalGuard', 'params_digest', 'save_checkpoint', 'restore_checkpoint', 'load_model',
-           'open_teacher', 'SeedRun', 'seed_train', 'plot_run', 'format_holdout', 'main']
+           'replicated', 'on_mesh', 'loss_norm', 'loss_weights', 'token_nll', 'masked_loss', 'make_optimizer',
+           'kl_terms', 'distill_kl', 'make_train_step', 'FitResult', 'fit', 'row_metrics', 'summarize', 'evaluate',
+           'evaluate_tasks', 'probe_errors', 'rss_bytes', 'peak_rss_bytes', 'param_bytes', 'reserve_bytes',
+           'over_budget', 'check_budget', 'compiled_bytes', 'pi_thermal_signal', 'ThermalGuard', 'params_digest',
+           'save_checkpoint', 'restore_checkpoint', 'load_model', 'open_teacher', 'SeedRun', 'seed_train', 'plot_run',
+           'format_holdout', 'main']
 
 # %% ../../nbs/10c_seed_train.ipynb #dbb3f30e
 import hashlib, math, os, resource, sys, time
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 # %% ../../nbs/10c_seed_train.ipynb #c2dcdec3
 class TrainError(ContinuonError):
@@ -87,18 +89,28 @@ def on_mesh(tree, mesh: "jax.sharding.Mesh | None"):
     return jax.device_put(tree, replicated(mesh) if mesh is not None else jax.local_devices()[0], may_alias=False)
 
 # %% ../../nbs/10c_seed_train.ipynb #5ca9cbe3
+def loss_norm(mask, per_example: bool = False):
+    "The loss weights before normalising and their normaliser (`loss_weights` is `w / n`); both are sums over rows."
+    if not per_example: return mask, mask.sum()
+    rows = mask.sum(-1, keepdims=True)
+    return mask / jnp.maximum(rows, 1.0), (rows > 0).sum().astype(mask.dtype)
+
 def loss_weights(mask, per_example: bool = False):
     "Weights summing to 1 over the masked positions: each position alike, or (`per_example`) each row alike, split among its positions."
-    if not per_example: return mask / jnp.maximum(mask.sum(), 1.0)
-    rows = mask.sum(-1, keepdims=True)
-    return mask / jnp.maximum(rows, 1.0) / jnp.maximum((rows > 0).sum(), 1)
+    w, n = loss_norm(mask, per_example)
+    return w / jnp.maximum(n, 1.0)
+
+def token_nll(logits, targets):
+    "Cross-entropy at every position, and whether the target has the highest logit there."
+    logits = logits.astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    right = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] >= logits.max(-1)
+    return nll, right
 
 def masked_loss(logits, targets, mask, per_example: bool = False):
     "Cross-entropy over masked positions (weighted by `loss_weights`), and the count of correct and of scored positions."
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    correct = ((logits.argmax(-1) == targets) * mask).sum()
-    return (nll * loss_weights(mask, per_example)).sum(), correct, mask.sum()
+    nll, right = token_nll(logits, targets)
+    return (nll * loss_weights(mask, per_example)).sum(), (right * mask).sum(), mask.sum()
 
 def make_optimizer(learning_rate: float, steps: int, warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0):
     "AdamW with global-norm clipping, linear warm-up, then cosine decay to 10% at `steps`."
@@ -106,34 +118,51 @@ def make_optimizer(learning_rate: float, steps: int, warmup: int = 100, weight_d
     sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1), end_value=learning_rate * 0.1)
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=weight_decay))
 
-def distill_kl(logits, teacher_logits, mask, temperature: float, per_example: bool = False):
-    "Masked KL(teacher ‖ student) at `temperature` (weighted by `loss_weights`), times T² (so its gradient scale does not depend on T)."
+def kl_terms(logits, teacher_logits, temperature: float):
+    "KL(teacher ‖ student) at `temperature` at every position, times T² (so its gradient scale does not depend on T)."
     t = temperature
     log_ps = jax.nn.log_softmax(logits.astype(jnp.float32) / t)
     log_pt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
-    kl = (jnp.exp(log_pt) * (log_pt - log_ps)).sum(-1)
-    return t * t * (kl * loss_weights(mask, per_example)).sum()
+    return t * t * (jnp.exp(log_pt) * (log_pt - log_ps)).sum(-1)
+
+def distill_kl(logits, teacher_logits, mask, temperature: float, per_example: bool = False):
+    "Masked KL(teacher ‖ student) at `temperature` (weighted by `loss_weights`), times T²."
+    return (kl_terms(logits, teacher_logits, temperature) * loss_weights(mask, per_example)).sum()
 
 def make_train_step(graphdef, tx, distill_alpha: float = 0.0, temperature: float = 2.0, per_example: bool = False,
                     mesh: "jax.sharding.Mesh | None" = None):
     """A jitted `(params, opt_state, batch) -> (params, opt_state, metrics)`; params and optimizer state are donated.
     With `distill_alpha > 0` the batch must carry `teacher_logits` `[B, T, vocab]` and the loss is
     `(1 - alpha) · task + alpha · T² · KL(teacher ‖ student)` at temperature T, over the masked positions.
-    With a `mesh` (see `data_mesh`) the batch's rows are split across its devices and the parameters replicated."""
-    def loss_fn(params, batch):
+    With a `mesh` (see `data_mesh`) the batch's rows are split across its devices and the parameters replicated:
+    each device differentiates the unnormalised loss of its rows, and one all-reduce of one flat buffer (gradients,
+    loss, counts) adds them up."""
+    P, ax = jax.sharding.PartitionSpec, None if mesh is None else mesh.axis_names[0]
+    def sums(params, batch):
+        "The loss's numerator over these rows, and [correct, scored, normaliser] (all sums over rows)."
         logits = nnx.merge(graphdef, params)(batch["inputs"])
-        loss, correct, count = masked_loss(logits, batch["targets"], batch["mask"], per_example)
+        w, norm = loss_norm(batch["mask"], per_example)
+        nll, right = token_nll(logits, batch["targets"])
+        num = (nll * w).sum()
         if distill_alpha > 0:
-            kl = distill_kl(logits, batch["teacher_logits"], batch["mask"], temperature, per_example)
-            loss = (1 - distill_alpha) * loss + distill_alpha * kl
-        return loss, (correct, count)
+            num = (1 - distill_alpha) * num + distill_alpha * (kl_terms(logits, batch["teacher_logits"], temperature) * w).sum()
+        return num, jnp.stack([(right * batch["mask"]).sum(), batch["mask"].sum(), norm])
+    def grads(params, batch):
+        if ax is not None: params = jax.lax.pcast(params, ax, to="varying")   # else shard_map's autodiff sums each gradient itself
+        (num, aux), g = jax.value_and_grad(sums, has_aux=True)(params, batch)
+        if ax is not None:   # one all-reduce of one buffer; the barrier keeps XLA from splitting it into one per array
+            flat, unravel = ravel_pytree(g)
+            tot = jax.lax.psum(jax.lax.optimization_barrier(jnp.concatenate([flat, num[None], aux])), ax)
+            g, num, aux = unravel(tot[:flat.size]), tot[flat.size], tot[flat.size + 1:]
+        n = jnp.maximum(aux[2], 1.0)
+        return jax.tree.map(lambda x: x / n, g), num / n, aux[0] / jnp.maximum(aux[1], 1.0)
     def train_step(params, opt_state, batch):
-        (loss, (correct, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, \
-            {"loss": loss, "accuracy": correct / jnp.maximum(count, 1.0), "grad_norm": optax.tree.norm(grads)}
+        if ax is None: g, loss, acc = grads(params, batch)
+        else: g, loss, acc = jax.shard_map(grads, mesh=mesh, in_specs=(P(), P(ax)), out_specs=P())(params, batch)
+        updates, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(g)}
     if mesh is None: return jax.jit(train_step, donate_argnums=(0, 1))
-    rep_, rows = replicated(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    rep_, rows = replicated(mesh), jax.sharding.NamedSharding(mesh, P(ax))
     return jax.jit(train_step, donate_argnums=(0, 1), in_shardings=(rep_, rep_, rows), out_shardings=rep_)
 
 # %% ../../nbs/10c_seed_train.ipynb #a1aeb9ae
@@ -192,12 +221,8 @@ def fit(config: WaveCoreConfig, batches: Iterable[dict], steps: int, learning_ra
 # %% ../../nbs/10c_seed_train.ipynb #021cdbc4
 @partial(jax.jit, static_argnums=0)
 def _row_metrics(graphdef, params, b):
-    logits = nnx.merge(graphdef, params)(b["inputs"])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(logp, b["targets"][..., None], axis=-1)[..., 0]
-    right = (logits.argmax(-1) == b["targets"]) * b["mask"]
-    count = b["mask"].sum(-1)
-    return (nll * b["mask"]).sum(-1), right.sum(-1), count
+    nll, right = token_nll(nnx.merge(graphdef, params)(b["inputs"]), b["targets"])
+    return (nll * b["mask"]).sum(-1), (right * b["mask"]).sum(-1), b["mask"].sum(-1)
 
 def row_metrics(model: WaveCore, batch: dict, chunk: int = 256) -> dict:
     "Per-row masked loss sum, correct count and scored count, in chunks of `chunk` rows (one compilation per shape)."

@@ -10,8 +10,10 @@ Measures, on this machine:
   over one device per core (what `seed_train --devices 0` does: `cpu_devices`, `data_mesh`);
 - the same for a plain PyTorch model of the original toy (tests/bench/torch_toy.py, run with --torch-python: torch is
   not in the workbook's lock; install it in its own environment: python3.11 -m venv .bench && .bench/bin/pip install
-  torch==2.13.0), whose FLOP/s come from torch's FlopCounterMode (matmuls, forward and backward);
-- the `ssm` block against the `attention` block at equal width for T = 64, 128 and 256;
+  torch==2.13.0), whose FLOP/s come from torch's FlopCounterMode (matmuls, forward and backward); the hybrid and the
+  toy are timed in alternating windows (the toy in a server process, waiting while the hybrid runs), and the ratios
+  are the median of the per-pair ratios, so the VM's drifting speed (10-30% within minutes) cancels out;
+- the `ssm` block against the `attention` block at equal width for T = 64, 128 and 256 (alternating windows too);
 - one step of the `fast` profile at batch 1: jitted JAX and the exported TFLite (LiteRT, XNNPACK), p50 and p99.
 FFT work is not counted as FLOPs on either side (neither counter sees it), so FLOP/s compare the matmul work.
 Every training time is the median of several timing windows (this VM's speed wanders); torch_toy.py does the same.
@@ -43,17 +45,21 @@ def dot_flops(jaxpr) -> int:
     return total
 
 
-def matmul_peak(n: int = 1024, reps: int = 30) -> float:
+def matmul_peak(n: int = 1024, reps: int = 10, windows: int = 10) -> float:
+    "FLOP/s of a jitted n x n float32 matmul: the best of `windows` timings of `reps` calls (a peak is the best the VM gives)."
     a = jax.random.normal(jax.random.key(0), (n, n)); b = jax.random.normal(jax.random.key(1), (n, n))
     f = jax.jit(lambda a, b: a @ b)
     f(a, b).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(reps): f(a, b).block_until_ready()
-    return 2 * n ** 3 / ((time.perf_counter() - t0) / reps)
+    best = float("inf")
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(reps): f(a, b).block_until_ready()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n ** 3 / best
 
 
-def train_throughput(cfg: WaveCoreConfig, batch: int, seq: int, steps: int = 100, parallel: bool = False, windows: int = 5) -> dict:
-    "Tokens/s and matmul FLOP/s of the training step: the median of `windows` timings of `steps / windows` steps each."
+def train_runner(cfg: WaveCoreConfig, batch: int, seq: int, parallel: bool = False):
+    "A compiled training step, warmed up: `(window, flops_per_step, devices)`, where `window(n)` runs n steps and returns seconds per step."
     model = create_model(cfg)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(1e-3, 10_000, warmup=10)
@@ -65,17 +71,47 @@ def train_throughput(cfg: WaveCoreConfig, batch: int, seq: int, steps: int = 100
          "targets": rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32), "mask": np.ones((batch, seq), np.float32)}
     flops = dot_flops(jax.make_jaxpr(make_train_step(graphdef, tx))(params, opt, b).jaxpr)   # the whole batch's work
     compiled = make_train_step(graphdef, tx, mesh=mesh).lower(params, opt, b).compile()
-    for _ in range(10): params, opt, m = compiled(params, opt, b)
-    jax.block_until_ready(params)
-    times, per = [], max(1, steps // windows)
-    for _ in range(windows):
+    state = [params, opt]
+    def window(n: int) -> float:
         t0 = time.perf_counter()
-        for _ in range(per): params, opt, m = compiled(params, opt, b)
-        jax.block_until_ready(params)
-        times.append((time.perf_counter() - t0) / per)
-    dt = float(np.median(times))
-    return {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops_per_step": flops, "flops_per_s": flops / dt,
-            "devices": 1 if mesh is None else mesh.size}
+        for _ in range(n): state[0], state[1], _ = compiled(state[0], state[1], b)
+        jax.block_until_ready(state[0])
+        return (time.perf_counter() - t0) / n
+    window(10)
+    return window, flops, 1 if mesh is None else mesh.size
+
+
+def train_throughput(cfg: WaveCoreConfig, batch: int, seq: int, steps: int = 100, parallel: bool = False, windows: int = 5) -> dict:
+    "Tokens/s and matmul FLOP/s of the training step: the median of `windows` timings of `steps / windows` steps each."
+    window, flops, devices = train_runner(cfg, batch, seq, parallel)
+    dt = float(np.median([window(max(1, steps // windows)) for _ in range(windows)]))
+    return {"step_s": dt, "tokens_per_s": batch * seq / dt, "flops_per_step": flops, "flops_per_s": flops / dt, "devices": devices}
+
+
+def paired_with_torch(torch_python: str, window, flops: int, tokens: int, rounds: int = 15, per: int = 10) -> dict:
+    """The PyTorch toy (torch_toy.py --serve) and a WaveCore step timed in alternating windows of `per` steps, `rounds`
+    times: each pair sees the same machine speed, so the median of the paired ratios does not wander with the VM."""
+    p = subprocess.Popen([torch_python, str(HERE/"torch_toy.py"), "--serve=1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        info = json.loads(p.stdout.readline())
+        def torch_window(n):
+            p.stdin.write(f"{n}\n"); p.stdin.flush()
+            return json.loads(p.stdout.readline())["step_s"]
+        def settled(f, n):   # let the other side's idle worker threads stop spinning before a window starts
+            time.sleep(0.2)
+            return f(n)
+        torch_window(per)
+        pairs = [(settled(window, per), settled(torch_window, per)) for _ in range(rounds)]
+    finally:
+        p.stdin.close()   # the server's loop ends
+        try: p.wait(timeout=60)
+        except subprocess.TimeoutExpired: p.kill()
+    jx, tt = np.array(pairs).T
+    speed = float(np.median(tt / jx))   # WaveCore tokens/s over torch tokens/s, per pair (both steps see `tokens` tokens)
+    return {"torch": info, "torch_tokens_per_s": tokens / float(np.median(tt)), "jax_tokens_per_s": tokens / float(np.median(jx)),
+            "torch_flops_per_s": info["flops_per_step"] / float(np.median(tt)), "tokens_ratio": speed,
+            "flops_ratio": speed * flops / info["flops_per_step"], "rounds": rounds, "per": per}
 
 
 def main():
@@ -84,8 +120,7 @@ def main():
     ap.add_argument("--steps", type=int, default=100)
     a = ap.parse_args()
     n_dev = cpu_devices()   # one XLA device per core, before anything starts JAX
-    peak = matmul_peak()
-    print(f"JAX matmul peak (1024^3 float32): {peak / 1e9:.1f} GFLOP/s")
+    peak0 = matmul_peak()
     toy = WaveCoreConfig.profile("toy")
     rows, res = [], {}
     for name, pattern in (("hybrid ssm,attention", "ssm,attention"), ("attention", "attention"), ("ssm", "ssm"), ("spectral", "spectral")):
@@ -93,26 +128,35 @@ def main():
             r = train_throughput(WaveCoreConfig(**{**toy.to_dict(), "pattern": pattern}), 16, 64, a.steps, parallel)
             res[name, parallel] = r
             rows.append({"model": f"WaveCore {name}", "devices": r["devices"], "tokens/s": round(r["tokens_per_s"]),
-                         "GFLOP/s": round(r["flops_per_s"] / 1e9, 2), "MFU": round(r["flops_per_s"] / peak, 3)})
+                         "GFLOP/s": round(r["flops_per_s"] / 1e9, 2)})
+    peak = max(peak0, matmul_peak())   # before and after the rows: the VM's speed drifts
+    print(f"JAX matmul peak (1024^3 float32, best window before and after): {peak / 1e9:.1f} GFLOP/s")
+    for row, r in zip(rows, res.values()): row["MFU"] = round(r["flops_per_s"] / peak, 3)
     par = n_dev > 1   # the targets are read off the data-parallel rows when there are several cores
-    torch_ref = None
+    pair = None
     if a.torch_python and Path(a.torch_python).exists():
-        out = subprocess.run([a.torch_python, str(HERE/"torch_toy.py"), f"--steps={a.steps}"], capture_output=True, text=True)
-        if out.returncode == 0:
-            torch_ref = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"model": f"PyTorch original toy (torch {torch_ref['torch']})", "devices": f"{torch_ref['threads']} threads",
-                         "tokens/s": round(torch_ref["tokens_per_s"]),
-                         "GFLOP/s": round(torch_ref["flops_per_s"] / 1e9, 2), "MFU": round(torch_ref["flops_per_s"] / torch_ref["matmul_peak_flops"], 3)})
-        else:
-            print("torch reference failed:", out.stderr[-2000:])
+        window, flops, _ = train_runner(WaveCoreConfig(**{**toy.to_dict(), "pattern": "ssm,attention"}), 16, 64, par)
+        try:
+            alone = json.loads(subprocess.run([a.torch_python, str(HERE/"torch_toy.py"), f"--steps={a.steps}"], capture_output=True,
+                                              text=True, check=True).stdout.strip().splitlines()[-1])
+            pair = paired_with_torch(a.torch_python, window, flops, 16 * 64)
+            print(f"torch toy alone just before (median of 5 windows): {alone['tokens_per_s']:,.0f} tokens/s; "
+                  f"in the alternating windows: {pair['torch_tokens_per_s']:,.0f}")
+        except Exception as e:   # a broken torch environment: say so, measure the rest
+            print(f"torch reference failed: {e!r}")
+        if pair:
+            t = pair["torch"]
+            rows.append({"model": f"PyTorch original toy (torch {t['torch']})", "devices": f"{t['threads']} threads",
+                         "tokens/s": round(pair["torch_tokens_per_s"]), "GFLOP/s": round(pair["torch_flops_per_s"] / 1e9, 2),
+                         "MFU": round(pair["torch_flops_per_s"] / t["matmul_peak_flops"], 3)})
     else:
         print("torch reference not measured: pass --torch-python (an interpreter with torch==2.13.0)")
     print("\nTraining at the toy size (vocab 512, d_model 128, 2 layers, seq 64, batch 16, AdamW)")
     print(format_rows(rows))
-    if torch_ref:
-        h = res["hybrid ssm,attention", par]
-        print(f"\nhybrid vs PyTorch toy: {h['flops_per_s'] / torch_ref['flops_per_s']:.2f}x FLOP/s (target >= 1.0), "
-              f"{h['tokens_per_s'] / torch_ref['tokens_per_s']:.2f}x tokens/s (target >= 0.75)")
+    if pair:
+        print(f"\nhybrid vs PyTorch toy, {pair['rounds']} alternating windows of {pair['per']} steps each "
+              f"(hybrid {pair['jax_tokens_per_s']:,.0f} tokens/s, torch {pair['torch_tokens_per_s']:,.0f}): "
+              f"{pair['flops_ratio']:.2f}x FLOP/s (target >= 1.0), {pair['tokens_ratio']:.2f}x tokens/s (target >= 0.75)")
     if n_dev > 1:
         print(f"data parallel over {n_dev} devices against one: " + ", ".join(
             f"{k} {res[k, True]['tokens_per_s'] / res[k, False]['tokens_per_s']:.2f}x" for k, p in res if p))
@@ -120,12 +164,13 @@ def main():
           f"hybrid {res['hybrid ssm,attention', par]['flops_per_s'] / peak:.1%} (target >= 25%)")
     print(f"\nssm block vs attention block, equal width (d_model 128, 2 layers, batch 16, {'data parallel' if par else 'one device'}), tokens/s")
     sr = []
-    for t in (64, 128, 256):
+    for t in (64, 128, 256):   # alternating windows, as against torch: the median of the per-pair ratios
         base = {**toy.to_dict(), "seq_len": t}
-        s = train_throughput(WaveCoreConfig(**{**base, "pattern": "ssm"}), 16, t, max(20, a.steps // 2), par)
-        at = train_throughput(WaveCoreConfig(**{**base, "pattern": "attention"}), 16, t, max(20, a.steps // 2), par)
-        sr.append({"T": t, "ssm tokens/s": round(s["tokens_per_s"]), "attention tokens/s": round(at["tokens_per_s"]),
-                   "ratio": round(s["tokens_per_s"] / at["tokens_per_s"], 2)})
+        ws, _, _ = train_runner(WaveCoreConfig(**{**base, "pattern": "ssm"}), 16, t, par)
+        wa, _, _ = train_runner(WaveCoreConfig(**{**base, "pattern": "attention"}), 16, t, par)
+        pairs = np.array([(ws(5), wa(5)) for _ in range(max(4, a.steps // 5))])
+        sr.append({"T": t, "ssm tokens/s": round(16 * t / np.median(pairs[:, 0])), "attention tokens/s": round(16 * t / np.median(pairs[:, 1])),
+                   "ratio": round(float(np.median(pairs[:, 1] / pairs[:, 0])), 2)})
     print(format_rows(sr), "\n(target: ratio >= 0.8)")
     from continuonbrain.wavecore.export import latency_report
     lat = latency_report(create_model(WaveCoreConfig.profile("fast")), tempfile.mkdtemp(), n=2000)
