@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PAD', 'BOS', 'SEP', 'EOS', 'TASK0', 'SYM0', 'N_SYM', 'PLUS', 'TIMES', 'QUERY', 'BLANK', 'VOCAB_SIZE', 'TASKS',
            'TASK_NAMES', 'Task', 'solve_prompt', 'get_task', 'encode', 'decode', 'split_example', 'max_len', 'Batch',
-           'to_batch', 'Curriculum', 'random_baseline']
+           'pack_rows', 'to_batch', 'Curriculum', 'random_baseline']
 
 # %% ../../nbs/10b_curriculum.ipynb #c56b3420
 from dataclasses import dataclass
@@ -160,39 +160,62 @@ def max_len(tasks=None, max_level: int = 4) -> int:
 # %% ../../nbs/10b_curriculum.ipynb #a9735654
 @dataclass
 class Batch:
-    "A batch of examples: next-token `inputs`/`targets`, the answer `mask`, and each row's task index and level (0-based)."
+    "A batch of examples: next-token `inputs`/`targets`, the answer `mask`, and each row's task index and level (0-based); packed rows also carry `segments` (one id per example), and then `task` and `level` are per position (-1 on padding)."
     inputs: np.ndarray
     targets: np.ndarray
     mask: np.ndarray
     task: np.ndarray
     level: np.ndarray
+    segments: np.ndarray | None = None
 
-    def as_dict(self) -> dict: return {"inputs": self.inputs, "targets": self.targets, "mask": self.mask}
+    def as_dict(self) -> dict:
+        d = {"inputs": self.inputs, "targets": self.targets, "mask": self.mask}
+        return d if self.segments is None else {**d, "segments": self.segments}
     def __len__(self): return len(self.inputs)
 
+def pack_rows(rows: list[list[tuple[list[int], int, int]]], seq_len: int) -> Batch:
+    "Rows of encoded examples (`(tokens, task, level)` each), laid end to end and padded to `seq_len + 1` tokens: inputs, targets, the answer mask, segment ids (the examples of a row 0, 1, ..., its padding one more) and each position's task and level."
+    n = len(rows)
+    arr, seg = np.zeros((n, seq_len + 1), np.int32), np.zeros((n, seq_len + 1), np.int32)
+    task, level = np.full((n, seq_len + 1), -1, np.int32), np.full((n, seq_len + 1), -1, np.int32)
+    mask = np.zeros((n, seq_len), np.float32)
+    for i, row in enumerate(rows):
+        at = 0
+        for j, (s, t, lv) in enumerate(row):
+            if at + len(s) > seq_len + 1:
+                raise ContinuonError(f"row {i}: example {j} of {len(s)} tokens does not fit seq_len={seq_len} after {at} tokens: {decode(s)}")
+            arr[i, at:at + len(s)], seg[i, at:at + len(s)], task[i, at:at + len(s)], level[i, at:at + len(s)] = s, j, t, lv
+            mask[i, at + s.index(SEP):at + len(s) - 1] = 1.0     # targets after SEP: the answer and EOS
+            at += len(s)
+        seg[i, at:] = len(row)
+    return Batch(arr[:, :-1], arr[:, 1:], mask, task[:, :-1], level[:, :-1], seg[:, :-1])
+
 def to_batch(seqs: list[list[int]], tasks, levels, seq_len: int) -> Batch:
-    "Pad encoded examples to `seq_len + 1` tokens and split into inputs, targets and the answer mask."
-    arr = np.zeros((len(seqs), seq_len + 1), np.int32)
-    mask = np.zeros((len(seqs), seq_len), np.float32)
-    for i, s in enumerate(seqs):
-        if len(s) > seq_len + 1: raise ContinuonError(f"example of {len(s)} tokens does not fit seq_len={seq_len}: {decode(s)}")
-        arr[i, :len(s)] = s
-        mask[i, s.index(SEP):len(s) - 1] = 1.0     # targets after SEP: the answer and EOS
-    return Batch(arr[:, :-1], arr[:, 1:], mask, np.asarray(tasks, np.int32), np.asarray(levels, np.int32))
+    "One encoded example a row, padded to `seq_len + 1` tokens and split into inputs, targets and the answer mask."
+    b = pack_rows([[(s, t, lv)] for s, t, lv in zip(seqs, tasks, levels)], seq_len)
+    return Batch(b.inputs, b.targets, b.mask, np.asarray(tasks, np.int32), np.asarray(levels, np.int32))
 
 # %% ../../nbs/10b_curriculum.ipynb #f4e8f391
 class Curriculum:
-    "Deterministic training batches (a function of the step) with levels and replay, and a disjoint hold-out set."
+    "Deterministic training batches (a function of the step) with levels and replay, and a disjoint hold-out set; `pack` lays several examples end to end in each training row; the `lead` tasks are trained alone for the first `lead_steps` steps."
     def __init__(self, tasks=None, seed: int = 0, batch_size: int = 32, seq_len: int | None = None,
-                 level_steps: int = 500, replay: float = 0.3, max_level: int = 4, holdout_per_level: int = 64):
+                 level_steps: int = 500, replay: float = 0.3, max_level: int = 4, holdout_per_level: int = 64,
+                 pack: bool = False, lead=(), lead_steps: int = 0):
         self.tasks = [get_task(t) for t in tasks] if tasks else list(TASKS)
+        lead = [lead] if isinstance(lead, str) else list(lead)
+        if lead_steps < 0: raise ContinuonError(f"lead_steps must be >= 0, got {lead_steps}")
+        names = [t.name for t in self.tasks]
+        for name in lead:
+            if name not in names: raise ContinuonError(f"lead task {name!r} is not one of this curriculum's tasks ({', '.join(names)})")
+        # the step at which each task joins: lead tasks at 0, the others after lead_steps (at 0 without a lead)
+        self.start = np.array([0 if not lead or t.name in lead else lead_steps for t in self.tasks])
         if not 1 <= max_level <= 4: raise ContinuonError(f"max_level must be 1..4, got {max_level}")
         if not 0 <= replay <= 1: raise ContinuonError(f"replay must be in [0, 1], got {replay}")
         need = max_len([t.name for t in self.tasks], max_level) - 1
         self.seq_len = need if seq_len is None else seq_len
         if self.seq_len < need: raise ContinuonError(f"seq_len={seq_len} is too short for these tasks: the longest example needs {need}")
         self.seed, self.batch_size, self.level_steps, self.replay, self.max_level = seed, batch_size, level_steps, replay, max_level
-        self.holdout_per_level = holdout_per_level
+        self.holdout_per_level, self.pack = holdout_per_level, pack
         self._holdout = {}
         for t in self.tasks:
             rng = np.random.default_rng([seed, 1, TASKS.index(t)])
@@ -206,16 +229,26 @@ class Curriculum:
         while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
         return s
 
+    def active(self, step: int) -> np.ndarray:
+        "Which tasks are trained at `step` (all of them, once the lead is over)."
+        return step >= self.start
+
+    def levels(self, step: int) -> np.ndarray:
+        "The level (0-based) each task is learning at `step`, counted from when the task joined."
+        return np.minimum(self.max_level - 1, np.maximum(0, step - self.start) // self.level_steps)
+
     def level(self, step: int) -> int:
-        "The level (0-based) being learnt at `step`."
-        return min(self.max_level - 1, step // self.level_steps)
+        "The highest level (0-based) being learnt at `step`."
+        return int(self.levels(step)[self.active(step)].max())
 
     def mix(self, step: int) -> np.ndarray:
-        "The default share of each (task, level) cell at `step`, `[tasks, max_level]`: tasks alike, the current level `1 - replay`, earlier levels `replay` between them."
-        top, w = self.level(step), np.zeros((len(self.tasks), self.max_level))
-        if top == 0: w[:, 0] = 1.0
-        else: w[:, top], w[:, :top] = 1.0 - self.replay, self.replay / top
-        return w / len(self.tasks)
+        "The default share of each (task, level) cell at `step`, `[tasks, max_level]`: the tasks trained at `step` alike, each task's current level `1 - replay`, its earlier levels `replay` between them."
+        w, on = np.zeros((len(self.tasks), self.max_level)), self.active(step)
+        for i, top in enumerate(self.levels(step)):
+            if not on[i]: continue
+            if top == 0: w[i, 0] = 1.0
+            else: w[i, top], w[i, :top] = 1.0 - self.replay, self.replay / top
+        return w / on.sum()
 
     def focus(self, step: int, errors, focus: float) -> np.ndarray:
         "Cell shares that spend `focus` of each batch on cells in proportion to their `errors` (`[tasks, max_level]`, e.g. 1 - exact match on `probe`), the rest as `mix`; only levels reached so far."
@@ -224,25 +257,43 @@ class Curriculum:
         e = np.asarray(errors, np.float64)
         if e.shape != base.shape or not np.isfinite(e).all():
             raise ContinuonError(f"errors must be finite numbers shaped {base.shape} (tasks x levels), got {e.shape}")
-        e = np.where(np.arange(self.max_level) <= self.level(step), np.clip(e, 0.0, 1.0), 0.0)
+        reached = (np.arange(self.max_level)[None] <= self.levels(step)[:, None]) & self.active(step)[:, None]
+        e = np.where(reached, np.clip(e, 0.0, 1.0), 0.0)
         return base if focus == 0 or e.sum() == 0 else (1 - focus) * base + focus * e / e.sum()
 
-    def batch(self, step: int, weights=None) -> Batch:
-        "The training batch of `step` (the same for the same seed, step and `weights`, whatever came before); `weights` (`[tasks, max_level]`, e.g. from `focus`) sets each cell's share."
+    def _examples(self, step: int, weights):
+        "The stream of training examples `(tokens, task index, level)` of `step`, drawn from the mix or from `weights`."
         rng = np.random.default_rng([self.seed, 0, step])
-        top, seqs, tasks, levels = self.level(step), [], [], []
+        tops, on = self.levels(step), np.flatnonzero(self.active(step))
         if weights is not None:
             p = np.asarray(weights, np.float64)
             if p.shape != (len(self.tasks), self.max_level) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
                 raise ContinuonError(f"weights must be non-negative, finite, not all zero and shaped ({len(self.tasks)}, {self.max_level}); got {p.shape}")
-            cells = rng.choice(p.size, size=self.batch_size, p=(p / p.sum()).ravel())
-        for i in range(self.batch_size):
+            p = (p / p.sum()).ravel()
+        cells = []
+        while True:
             if weights is None:
-                t = self.tasks[int(rng.integers(len(self.tasks)))]
+                k = on[int(rng.integers(len(on)))]
+                t, top = self.tasks[k], int(tops[k])
                 lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
-            else: t, lv = self.tasks[int(cells[i]) // self.max_level], int(cells[i]) % self.max_level
-            seqs.append(self._draw(t, rng, lv)); tasks.append(TASKS.index(t)); levels.append(lv)
-        return to_batch(seqs, tasks, levels, self.seq_len)
+            else:
+                if not cells: cells = list(rng.choice(p.size, size=self.batch_size, p=p))[::-1]
+                c = int(cells.pop()); t, lv = self.tasks[c // self.max_level], c % self.max_level
+            yield self._draw(t, rng, lv), TASKS.index(t), lv
+
+    def batch(self, step: int, weights=None) -> Batch:
+        "The training batch of `step` (the same for the same seed, step and `weights`, whatever came before); `weights` (`[tasks, max_level]`, e.g. from `focus`) sets each cell's share. Packed, each row takes examples while they fit (the one that does not starts the next row)."
+        examples = self._examples(step, weights)
+        if not self.pack:
+            seqs, tasks, levels = zip(*(next(examples) for _ in range(self.batch_size)))
+            return to_batch(list(seqs), tasks, levels, self.seq_len)
+        rows, row, used = [], [], 0
+        for ex in examples:
+            if used + len(ex[0]) > self.seq_len + 1:
+                rows.append(row); row, used = [], 0
+                if len(rows) == self.batch_size: break
+            row.append(ex); used += len(ex[0])
+        return pack_rows(rows, self.seq_len)
 
     def batches(self, start: int = 0):
         "Training batches from `start` on, as dicts for `fit`."
@@ -268,9 +319,10 @@ class Curriculum:
         return to_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], self.seq_len)
 
     def overlap(self, batch: Batch) -> int:
-        "How many rows of `batch` are hold-out sequences."
+        "How many examples in `batch` (one a row, or packed) are hold-out sequences."
         full = np.concatenate([batch.inputs[:, :1], batch.targets], axis=1)
-        return sum(tuple(int(v) for v in row[:np.flatnonzero(row == EOS)[0] + 1]) in self._held for row in full)
+        return sum(tuple(int(v) for v in row[a:a + np.flatnonzero(row[a:] == EOS)[0] + 1]) in self._held
+                   for row in full for a in np.flatnonzero(row == BOS))
 
 # %% ../../nbs/10b_curriculum.ipynb #179c6083
 def random_baseline(task: str, max_level: int = 4) -> float:

@@ -52,10 +52,11 @@ class ModelTeacher(Teacher):
         from flax import nnx
         self.model, self.vocab_size = model, model.config.vocab_size
         graphdef, self.params = nnx.split(model)
-        self._f = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+        self._f = jax.jit(lambda p, x, seg: nnx.merge(graphdef, p)(x, seg))
 
     def logits(self, batch: dict) -> np.ndarray:
-        return np.asarray(self._f(self.params, np.asarray(batch["inputs"], np.int32)))
+        seg = batch.get("segments")                       # packed rows: the teacher sees each example on its own too
+        return np.asarray(self._f(self.params, np.asarray(batch["inputs"], np.int32), None if seg is None else np.asarray(seg, np.int32)))
 
 # %% ../../nbs/10f_distill.ipynb #96ea46cf
 class HttpLLMTeacher(Teacher):
@@ -99,6 +100,8 @@ class HttpLLMTeacher(Teacher):
     def logits(self, batch: dict) -> np.ndarray:
         inputs, mask = np.asarray(batch["inputs"]), np.asarray(batch["mask"])
         out = np.zeros(inputs.shape + (self.vocab_size,), np.float32)
+        seg = batch.get("segments")
         for b, t in zip(*np.nonzero(mask)):
-            out[b, t] = np.log(self.distribution(inputs[b, :t + 1]))
+            start = 0 if seg is None else int(np.argmax(np.asarray(seg[b]) == seg[b][t]))   # the example's first token
+            out[b, t] = np.log(self.distribution(inputs[b, start:t + 1]))
         return out

@@ -100,18 +100,20 @@ class WaveCore(nnx.Module):
         self.norm = RMSNorm(c.d_model)
         self.head = Dense(c.d_model, c.vocab_size, rngs=rngs)
 
-    def features(self, inputs: jax.Array) -> jax.Array:
-        "The backbone's output `[B, T, d_model]` before the head (what other heads build on)."
+    def features(self, inputs: jax.Array, seg: jax.Array | None = None) -> jax.Array:
+        "The backbone's output `[B, T, d_model]` before the head (what other heads build on); `seg` as in `__call__`."
         if inputs.ndim != 2: raise ValueError(f"WaveCore expects int32[B, T] tokens, got shape {inputs.shape}")
         if inputs.shape[1] > self.config.seq_len:
             raise ValueError(f"WaveCore: sequence of {inputs.shape[1]} tokens is longer than seq_len={self.config.seq_len}")
+        if seg is not None and seg.shape != inputs.shape:
+            raise ValueError(f"WaveCore: segment ids {seg.shape} must have the tokens' shape {inputs.shape}")
         h = self.embed(inputs)
-        for block in self.blocks: h = block(h)
+        for block in self.blocks: h = block(h, seg)
         return self.norm(h)
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        "Sequence mode: int32[B, T] → logits float32[B, T, vocab]."
-        return self.head(self.features(inputs))
+    def __call__(self, inputs: jax.Array, seg: jax.Array | None = None) -> jax.Array:
+        "Sequence mode: int32[B, T] → logits float32[B, T, vocab]; `seg` int32[B, T] (non-decreasing segment ids, see `segments`) makes each segment of a row start afresh, as if it were a sequence of its own (packed rows)."
+        return self.head(self.features(inputs, seg))
 
     def init_state(self, batch_size: int) -> list[dict]:
         "The step state: one dict of arrays per layer."

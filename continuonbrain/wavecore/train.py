@@ -55,6 +55,13 @@ def check_batch(batch: dict, vocab_size: int, where: str = "batch") -> dict:
     if out["targets"].shape != out["inputs"].shape or out["mask"].shape != out["inputs"].shape:
         raise TrainError(f"{where}: inputs {out['inputs'].shape}, targets {out['targets'].shape} and mask {out['mask'].shape} must have the same shape")
     out["mask"] = out["mask"].astype(np.float32)
+    if "segments" in batch:     # packed rows: one id per example, non-decreasing along each row
+        s = np.asarray(batch["segments"])
+        if s.shape != out["inputs"].shape or not np.issubdtype(s.dtype, np.integer):
+            raise TrainError(f"{where}.segments: expected int32{list(out['inputs'].shape)} like inputs, got {s.dtype}{list(s.shape)}")
+        bad = np.argwhere(np.diff(s, axis=1) < 0)
+        if len(bad): raise TrainError(f"{where}.segments: row {bad[0][0]} goes down at position {bad[0][1] + 1} (ids must not decrease along a row)")
+        out["segments"] = s.astype(np.int32)
     return out
 
 # %% ../../nbs/10c_seed_train.ipynb #cdf95a14
@@ -89,15 +96,19 @@ def on_mesh(tree, mesh: "jax.sharding.Mesh | None"):
     return jax.device_put(tree, replicated(mesh) if mesh is not None else jax.local_devices()[0], may_alias=False)
 
 # %% ../../nbs/10c_seed_train.ipynb #5ca9cbe3
-def loss_norm(mask, per_example: bool = False):
+def loss_norm(mask, per_example: bool = False, seg=None):
     "The loss weights before normalising and their normaliser (`loss_weights` is `w / n`); both are sums over rows."
     if not per_example: return mask, mask.sum()
-    rows = mask.sum(-1, keepdims=True)
-    return mask / jnp.maximum(rows, 1.0), (rows > 0).sum().astype(mask.dtype)
+    if seg is None:
+        rows = mask.sum(-1, keepdims=True)
+        return mask / jnp.maximum(rows, 1.0), (rows > 0).sum().astype(mask.dtype)
+    same = (seg[:, :, None] == seg[:, None, :]).astype(mask.dtype)          # packed rows: an example is a segment
+    w = mask / jnp.maximum(jnp.einsum("bts,bs->bt", same, mask), 1.0)
+    return w, jnp.round(w.sum())                                            # each scored example's weights sum to 1
 
-def loss_weights(mask, per_example: bool = False):
-    "Weights summing to 1 over the masked positions: each position alike, or (`per_example`) each row alike, split among its positions."
-    w, n = loss_norm(mask, per_example)
+def loss_weights(mask, per_example: bool = False, seg=None):
+    "Weights summing to 1 over the masked positions: each position alike, or (`per_example`) each example alike (a row, or a segment of a packed row), split among its positions."
+    w, n = loss_norm(mask, per_example, seg)
     return w / jnp.maximum(n, 1.0)
 
 def token_nll(logits, targets):
@@ -140,8 +151,9 @@ def make_train_step(graphdef, tx, distill_alpha: float = 0.0, temperature: float
     P, ax = jax.sharding.PartitionSpec, None if mesh is None else mesh.axis_names[0]
     def sums(params, batch):
         "The loss's numerator over these rows, and [correct, scored, normaliser] (all sums over rows)."
-        logits = nnx.merge(graphdef, params)(batch["inputs"])
-        w, norm = loss_norm(batch["mask"], per_example)
+        seg = batch.get("segments")                                    # packed rows (see the curriculum's `pack`)
+        logits = nnx.merge(graphdef, params)(batch["inputs"], seg)
+        w, norm = loss_norm(batch["mask"], per_example, seg)
         nll, right = token_nll(logits, batch["targets"])
         num = (nll * w).sum()
         if distill_alpha > 0:
@@ -184,8 +196,8 @@ def fit(config: WaveCoreConfig, batches: Iterable[dict], steps: int, learning_ra
         model: WaveCore | None = None, warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0,
         teacher=None, distill_alpha: float = 0.5, temperature: float = 2.0, progress: bool = False,
         per_example: bool = False, devices: int = 1) -> FitResult:
-    """Train a WaveCore (new from `config` and `seed`, or `model`) for `steps` batches of next-token prediction;
-    with a `teacher` (anything with `logits(batch) -> [B, T, vocab]`), distil from it as well. `per_example` weighs
+    """Train a WaveCore (new from `config` and `seed`, or `model`) for `steps` batches of next-token prediction (a
+    batch may also carry `segments`, int32[B, T] ids of the examples packed into each row); with a `teacher` (anything with `logits(batch) -> [B, T, vocab]`), distil from it as well. `per_example` weighs
     every row alike in the loss (default: every masked position alike); with `devices` other than 1 the rows are split
     across that many of JAX's devices (0: all that divide the batch)."""
     if steps < 1: raise TrainError(f"steps must be >= 1, got {steps}")
@@ -366,7 +378,7 @@ class ThermalGuard:
 
 # %% ../../nbs/10c_seed_train.ipynb #07b3515b
 RESUME_KEYS = ("profile", "overrides", "seed", "batch_size", "learning_rate", "steps", "warmup", "tasks", "level_steps",
-               "replay", "max_level", "teacher", "distill_alpha", "temperature", "focus", "balance")
+               "replay", "max_level", "teacher", "distill_alpha", "temperature", "focus", "balance", "pack", "lead", "lead_steps")
 
 def params_digest(params) -> str:
     "sha256 over every array of a pytree, in tree order (bit-exact identity of parameters)."
@@ -448,19 +460,20 @@ def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minute
                max_level: int = 4, warmup: int = 100, overrides: dict | None = None, thermal: ThermalGuard | None = None,
                thermal_every: int = 50, progress: bool = True, plot: bool = True, stop_at: int = 0, teacher: str = "",
                distill_alpha: float = 0.5, temperature: float = 2.0, focus: float = 0.7, balance: str = "token",
-               devices: int = 1) -> SeedRun:
+               devices: int = 1, pack: bool = True, lead: str = "", lead_steps: int = 0) -> SeedRun:
     "Train a WaveCore profile on the curriculum with checkpoints, exact resume, a memory budget and thermal back-off."
     t_start = time.perf_counter()
     out = Path(out); store.check_writable_dir(out)
     settings = {"profile": profile, "overrides": dict(overrides or {}), "seed": seed, "batch_size": batch_size,
                 "learning_rate": learning_rate, "steps": steps, "warmup": warmup, "tasks": tasks, "level_steps": level_steps,
                 "replay": replay, "max_level": max_level, "teacher": teacher, "distill_alpha": distill_alpha, "temperature": temperature,
-                "focus": focus, "balance": balance}
+                "focus": focus, "balance": balance, "pack": pack, "lead": lead, "lead_steps": lead_steps}
     if steps < 1 or batch_size < 1: raise TrainError(f"steps and batch_size must be >= 1 (got {steps}, {batch_size})")
     if not 0 <= focus <= 1: raise TrainError(f"focus must be in [0, 1], got {focus}")
     if balance not in ("example", "token"): raise TrainError(f"balance must be 'example' or 'token', got {balance!r}")
     curr = cur.Curriculum(tasks=[t for t in tasks.split(",") if t] or None, seed=seed, batch_size=batch_size,
-                          level_steps=level_steps, replay=replay, max_level=max_level)
+                          level_steps=level_steps, replay=replay, max_level=max_level, pack=pack,
+                          lead=[t for t in lead.split(",") if t], lead_steps=lead_steps)
     cfg = _config_for(profile, settings["overrides"], curr.seq_len)
     mesh = data_mesh(batch_size, devices)
     n_dev = 1 if mesh is None else mesh.size
@@ -602,6 +615,9 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
          temperature: float = 2.0,       # distillation temperature
          focus: float = 0.7,             # share of each batch steered to the task levels that fail most on a probe set (0: fixed mix)
          balance: str = "token",         # loss weighting: 'token' (every answer token alike) or 'example' (every example alike)
+         pack: bool = True,              # lay several examples end to end in each training row (less padding)
+         lead: str = "",                 # comma-separated tasks trained alone first (e.g. recall)
+         lead_steps: int = 0,            # steps the lead tasks train alone before the others join
          devices: int = 1,               # CPU devices for data-parallel training (1: one device; 0: one per core)
          thermal_root: str = "/",        # filesystem root of the temperature and throttle probes
          no_progress: bool = False,      # no progress bar
@@ -612,7 +628,8 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
     try:
         run = seed_train(out, profile, steps, minutes, batch_size, learning_rate, seed, resume, memory_budget_gb, eval_every,
                          ckpt_every, tasks, level_steps, replay, max_level, overrides=ov, teacher=teacher,
-                         distill_alpha=distill_alpha, temperature=temperature, focus=focus, balance=balance, devices=devices,
+                         distill_alpha=distill_alpha, temperature=temperature, focus=focus, balance=balance, devices=devices, pack=pack,
+                         lead=lead, lead_steps=lead_steps,
                          thermal=ThermalGuard(pi_thermal_signal(thermal_root)), progress=not no_progress)
     except MemoryBudgetError as e:
         print(f"error: {e}", file=sys.stderr); return 3
