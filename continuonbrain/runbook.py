@@ -198,6 +198,7 @@ def run_step(step: str,                          # a step name from STEPS
              "parameters": values, "parameter_sources": {**resolved.sources, "out_dir": "runner"}, "started": _utcnow(),
              **environment(profile, proj)}
     _update_run(run_dir, step, entry, proj)
+    given = [describe(u) for u in (str(nb), str(fn))]   # hashed before the run: an edit during a long step is not what ran
     t0, error, status = time.monotonic(), None, "failed"
     try:
         pm.execute_notebook(_runnable(nb), str(executed), parameters=values, cwd=str(proj), progress_bar=progress,
@@ -217,11 +218,10 @@ def run_step(step: str,                          # a step name from STEPS
     if error is None and not (step_dir/"metrics.json").exists():
         error = f"{nb.name} finished without writing metrics.json (its runbook cells must call StepRecord.save())"
     declared = store.read_json(step_dir/"artefacts.json") if (step_dir/"artefacts.json").exists() else {}
-    inputs = [str(nb), str(fn), *declared.get("inputs", [])]
     outputs_ = store.ls(step_dir) + declared.get("outputs", [])
     entry.update(status=status if error else "ok", ended=_utcnow(), seconds=seconds, error=error, metrics=metrics,
                  executed=str(executed.relative_to(run_dir)), html=str(html.relative_to(run_dir)) if html else None,
-                 inputs=[describe(u) for u in inputs], outputs=[describe(u) for u in outputs_])
+                 inputs=given + [describe(u) for u in declared.get("inputs", [])], outputs=[describe(u) for u in outputs_])
     _update_run(run_dir, step, entry, proj)
     return StepResult(step, entry["status"], run_id, step_dir, executed, seconds, error, metrics)
 
