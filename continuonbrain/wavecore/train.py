@@ -455,7 +455,7 @@ def _config_for(profile: str, overrides: dict, seq_len: int) -> WaveCoreConfig:
     return cfg
 
 def seed_train(out: str | Path, profile: str = "fast", steps: int = 2000, minutes: float = 0.0, batch_size: int = 32,
-               learning_rate: float = 3e-3, seed: int = 0, resume: bool = False, memory_budget_gb: float = 6.0,
+               learning_rate: float = 1e-3, seed: int = 0, resume: bool = False, memory_budget_gb: float = 6.0,
                eval_every: int = 250, ckpt_every: int = 100, tasks: str = "", level_steps: int = 500, replay: float = 0.3,
                max_level: int = 4, warmup: int = 100, overrides: dict | None = None, thermal: ThermalGuard | None = None,
                thermal_every: int = 50, progress: bool = True, plot: bool = True, stop_at: int = 0, teacher: str = "",
@@ -599,7 +599,7 @@ def main(profile: str = "fast",          # fast, mid, slow or toy
          resume: bool = False,           # continue from the latest checkpoint in --out
          memory_budget_gb: float = 6.0,  # refuse to start, or stop, rather than go over this resident size
          batch_size: int = 32,           # sequences per step
-         learning_rate: float = 3e-3,    # peak AdamW learning rate
+         learning_rate: float = 1e-3,    # peak AdamW learning rate
          seed: int = 0,                  # model initialisation and curriculum stream
          eval_every: int = 250,          # hold-out evaluation every N steps
          ckpt_every: int = 100,          # checkpoint every N steps
