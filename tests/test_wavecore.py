@@ -126,7 +126,7 @@ def test_scale_command_stops_at_the_budget(tmp_path):
     assert "no stage fits in 0.3 GB" in r.stdout
 
 
-SHORTEN = {"continuonbrain.wavecore.train": ["--steps", "20", "--batch-size", "8", "--d-model", "32", "--eval-every", "10", "--no-progress"],
+SHORTEN = {"continuonbrain.wavecore.train": ["--steps", "20", "--batch-size", "8", "--d-model", "32", "--eval-every", "10", "--lead-steps", "10", "--no-progress"],
            "continuonbrain.wavecore.scale": ["--max-stages", "2"],
            "continuonbrain.wavecore.selfplay": ["--supervised-steps", "30", "--rounds", "1", "--steps-per-round", "5", "--prompts", "16",
                                                "--samples", "2"]}
