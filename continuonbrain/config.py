@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['ContinuonError', 'ParamError', 'project_root', 'outputs_dir', 'env_flag', 'prefer_jax', 'continuon_home', 'Profile',
            'list_profiles', 'load_profile', 'new_run_id', 'check_run_id', 'ParamSpec', 'parse_parameters',
-           'check_value', 'notebook_parameters', 'ResolvedParams', 'resolve_params', 'cli_parser', 'run_cli']
+           'check_value', 'notebook_parameters', 'ResolvedParams', 'resolve_params', 'field_docs', 'settings_params',
+           'cli_parser', 'run_cli']
 
-# %% ../nbs/00_config.ipynb #c0f82dd0
-import argparse, ast, io, os, re, secrets, sys, tokenize
+# %% ../nbs/00_config.ipynb #88ab0090
+import argparse, ast, dataclasses, io, os, re, secrets, sys, tokenize, typing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,15 +19,15 @@ import yaml
 from fastcore.docments import docments
 from fastcore.script import Param
 
-# %% ../nbs/00_config.ipynb #10a04cfa
+# %% ../nbs/00_config.ipynb #6f9ecf0b
 class ContinuonError(Exception):
     "An error the user can act on; its message names the file, the record and the field."
-    exit_code = 1
+    exit_code = 2
 
 class ParamError(ContinuonError, ValueError):
     "A step parameter that is unknown, malformed or of the wrong type."
 
-# %% ../nbs/00_config.ipynb #f0e6897e
+# %% ../nbs/00_config.ipynb #64a204e2
 def _is_project(d: Path) -> bool:
     return (d/"settings.ini").is_file() and (d/"nbs").is_dir() and (d/"params").is_dir()
 
@@ -44,7 +45,7 @@ def outputs_dir(root: str | Path | None = None) -> Path:
     "`outputs/` of the project: one folder per run."
     return project_root(root)/"outputs"
 
-# %% ../nbs/00_config.ipynb #2ee2334e
+# %% ../nbs/00_config.ipynb #41c9f5f0
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 def env_flag(name: str, default: bool) -> bool:
@@ -63,7 +64,7 @@ def continuon_home(default: str | Path) -> Path:
     "The brain's home folder, absolute: `$CONTINUON_HOME` when set, else `default` (the profile's `home`)."
     return Path(os.environ.get("CONTINUON_HOME") or default).expanduser().absolute()
 
-# %% ../nbs/00_config.ipynb #ccf8cbcf
+# %% ../nbs/00_config.ipynb #09483f76
 class _UniqueKeyLoader(yaml.SafeLoader):
     "A safe YAML loader that refuses a key given twice (YAML would silently keep the last)."
     def construct_mapping(self, node, deep=False):
@@ -97,7 +98,7 @@ def _fill(value, placeholders: dict, where: str):
         raise ParamError(f"{where}: unknown placeholder {{{e.args[0]}}} (known: {', '.join(sorted(placeholders))})") from None
     except (ValueError, IndexError) as e: raise ParamError(f"{where}: bad placeholder in {value!r}: {e}") from None
 
-# %% ../nbs/00_config.ipynb #7bf0b615
+# %% ../nbs/00_config.ipynb #cbc5998a
 _PROFILE_KEYS = {"description": "what the profile is for", "device": "cpu, pi5 or tpu",
                  "hardware": "mock, real or none", "home": "the brain's home folder", "bucket": "where artefacts are uploaded"}
 
@@ -120,7 +121,7 @@ class Profile:
         root = self.path.parent.parent
         return {"project": str(root), "outputs": str(root/"outputs"), "home": str(self.home), "bucket": self.bucket}
 
-# %% ../nbs/00_config.ipynb #a0871437
+# %% ../nbs/00_config.ipynb #10b8864b
 def list_profiles(root: str | Path | None = None) -> list[str]:
     "Names of the profiles in `params/`."
     return sorted(p.parent.name for p in (project_root(root)/"params").glob("*/profile.yaml"))
@@ -145,7 +146,7 @@ def load_profile(name: str = "local", # profile name: a folder under params/
     return Profile(name=name, path=folder, description=vals["description"], device=vals["device"],
                    hardware=vals["hardware"], home=continuon_home(vals["home"]), bucket=vals["bucket"])
 
-# %% ../nbs/00_config.ipynb #78f71e86
+# %% ../nbs/00_config.ipynb #5ce29cda
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -159,7 +160,7 @@ def check_run_id(run_id: str) -> str:
         raise ContinuonError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-')")
     return run_id
 
-# %% ../nbs/00_config.ipynb #bfca46cd
+# %% ../nbs/00_config.ipynb #f435903d
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class ParamSpec:
     @property
     def optional(self) -> bool: return self.type.endswith(" | None")
 
-# %% ../nbs/00_config.ipynb #ee7e21f9
+# %% ../nbs/00_config.ipynb #a2021fab
 def _annotation(node, where) -> str:
     "The type name of an annotation node: `int`, `list[str]` -> `list`, `str | None`, `Optional[str]`."
     if isinstance(node, ast.Name) and node.id in _TYPES: return node.id
@@ -196,7 +197,7 @@ def _comments(src: str) -> dict[int, str]:
         if tok.type == tokenize.COMMENT: out[tok.start[0]] = tok.string.lstrip("#").strip()
     return out
 
-# %% ../nbs/00_config.ipynb #d68f2867
+# %% ../nbs/00_config.ipynb #0e5820b4
 def parse_parameters(src: str, where: str = "parameters cell") -> dict[str, ParamSpec]:
     "Parse the source of a `parameters` cell into `ParamSpec`s."
     try: tree = ast.parse(src)
@@ -218,7 +219,7 @@ def parse_parameters(src: str, where: str = "parameters cell") -> dict[str, Para
         specs[name] = ParamSpec(name, typ, check_value(spec, default, f"{loc}: default"), spec.help)
     return specs
 
-# %% ../nbs/00_config.ipynb #cae5b077
+# %% ../nbs/00_config.ipynb #d3b155e3
 def check_value(spec: ParamSpec, value, where: str):
     "`value` converted to the type of `spec`, or an error naming `where`, the key and the expected type."
     if value is None and spec.optional: return None
@@ -229,7 +230,7 @@ def check_value(spec: ParamSpec, value, where: str):
         raise ParamError(f"{where}: {spec.name}: expected {spec.type}, got {type(value).__name__} {value!r}")
     return float(value) if base is float else value
 
-# %% ../nbs/00_config.ipynb #c85da9cf
+# %% ../nbs/00_config.ipynb #a44d5837
 def notebook_parameters(nb_path: str | Path) -> dict[str, ParamSpec]:
     "The parameters declared in the cell tagged `parameters` of the notebook at `nb_path`."
     import nbformat
@@ -240,7 +241,7 @@ def notebook_parameters(nb_path: str | Path) -> dict[str, ParamSpec]:
         raise ParamError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
     return parse_parameters(cells[0].source, f"{nb_path}: parameters cell")
 
-# %% ../nbs/00_config.ipynb #ef54dffa
+# %% ../nbs/00_config.ipynb #cdc5999e
 @dataclass
 class ResolvedParams:
     "A step's parameter values and, for each, where it came from."
@@ -274,25 +275,61 @@ def resolve_params(specs: dict[str, ParamSpec], # from `notebook_parameters`
             vals[key], srcs[key] = check_value(spec, value, where), where
     return ResolvedParams(vals, srcs)
 
-# %% ../nbs/00_config.ipynb #b8b49d82
+# %% ../nbs/00_config.ipynb #2c22b98f
+def _class_source(cls) -> str:
+    "The source of class `cls`: from its module's file, or (defined in a notebook cell) from the cell through one of its methods."
+    import inspect, linecache, textwrap
+    try: return textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError): pass
+    for v in vars(cls).values():
+        code = getattr(getattr(v, "__func__", v), "__code__", None)
+        lines = linecache.getlines(code.co_filename) if code else []
+        starts = [i for i, l in enumerate(lines) if re.match(rf"\s*class {cls.__name__}\b", l)]
+        if starts: return textwrap.dedent("".join(inspect.getblock(lines[starts[-1]:])))
+    return ""
+
+def field_docs(cls) -> dict[str, str]:
+    "The trailing comment of each field of the dataclass `cls` ('' where there is none)."
+    src, docs = _class_source(cls), {}
+    if src:
+        notes = _comments(src)
+        for node in ast.parse(src).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name): docs[node.target.id] = notes.get(node.lineno, "")
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+def settings_params(func: Callable) -> dict[str, type]:
+    "The parameters of `func` annotated with a dataclass (a settings class): name -> class."
+    return {n: t for n, t in typing.get_type_hints(func).items() if n != "return" and dataclasses.is_dataclass(t)}
+
+# %% ../nbs/00_config.ipynb #687301cf
+def _add_flag(p: argparse.ArgumentParser, name: str, anno, default, help: str):
+    "One parameter as a flag (dashed; `--no-x` for a bool that defaults to True) or, without a default, a positional."
+    param = anno if isinstance(anno, Param) else Param(help or "", anno)
+    param.set_default(default)
+    flag = name.rstrip("_").replace("_", "-")  # json_ gives --json
+    kw = param.kwargs
+    if param.opt: kw["dest"] = name
+    if param.negated: flag = f"no-{flag}"
+    p.add_argument(f"--{flag}" if param.opt else name, **kw)
+
 def cli_parser(func: Callable, prog: str | None = None) -> argparse.ArgumentParser:
-    "An `ArgumentParser` for `func`: flags from its parameters (dashed), help from their comments."
+    "An `ArgumentParser` for `func`: flags from its parameters (dashed), help from their comments; a settings dataclass parameter gives one flag per field."
     p = argparse.ArgumentParser(prog=prog, description=func.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = settings_params(func)
     for name, doc in docments(func, full=True, returns=False, eval_str=True).items():
-        param = doc.anno if isinstance(doc.anno, Param) else Param(doc.docment or "", doc.anno)
-        param.set_default(doc.default)
-        flag = name.rstrip("_").replace("_", "-")  # json_ gives --json
-        kw = param.kwargs
-        if param.opt: kw["dest"] = name
-        if param.negated: flag = f"no-{flag}"
-        p.add_argument(f"--{flag}" if param.opt else name, **kw)
+        if name not in groups: _add_flag(p, name, doc.anno, doc.default, doc.docment); continue
+        hints, docs = typing.get_type_hints(groups[name]), field_docs(groups[name])
+        for f in dataclasses.fields(groups[name]): _add_flag(p, f.name, hints[f.name], f.default, docs[f.name])
     return p
 
 def run_cli(func: Callable, argv: list[str] | None = None, prog: str | None = None) -> int:
     "Parse `argv` (default: `sys.argv[1:]`) for `func`, call it, return its exit code; a `ContinuonError` is printed, not raised."
-    args = cli_parser(func, prog=prog).parse_args(argv)
-    try: res = func(**vars(args))
+    args = vars(cli_parser(func, prog=prog).parse_args(argv))
+    try:
+        for name, cls in settings_params(func).items():   # the settings' flags become one frozen dataclass
+            args[name] = cls(**{f.name: args.pop(f.name) for f in dataclasses.fields(cls)})
+        res = func(**args)
     except ContinuonError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

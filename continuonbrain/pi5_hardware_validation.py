@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/01a_pi5_hardware_validation.ipynb #8386fc45
+# %% ../nbs/01a_pi5_hardware_validation.ipynb #a1bbfb7b
 import sys
 
 from .config import run_cli
 from . import hardware as hw, store
 
-# %% ../nbs/01a_pi5_hardware_validation.ipynb #fb149cd1
+# %% ../nbs/01a_pi5_hardware_validation.ipynb #8a06d20f
 def main(log_json: str = None,        # write the JSON report to this path (or gs:// URI)
          root: str = "/",             # filesystem root to probe (a fixture tree in tests)
          require_pi: bool = False,    # exit non-zero when this is not a Raspberry Pi
@@ -31,6 +31,6 @@ def main(log_json: str = None,        # write the JSON report to this path (or g
         print(f"report written to {log_json}")
     return report.exit_code
 
-# %% ../nbs/01a_pi5_hardware_validation.ipynb #9c9c6e2d
+# %% ../nbs/01a_pi5_hardware_validation.ipynb #87f9916f
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.pi5_hardware_validation"))

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['format_health', 'main']
 
-# %% ../nbs/01b_system_health.ipynb #7e8dbda7
+# %% ../nbs/01b_system_health.ipynb #2e6ce63e
 import json, sys, time
 from pathlib import Path
 
 from .config import ContinuonError, run_cli
 from .hardware import HealthSnapshot, health_snapshot, thermal_advice, cpu_temperature
 
-# %% ../nbs/01b_system_health.ipynb #e96926d4
+# %% ../nbs/01b_system_health.ipynb #0bd84613
 def format_health(s: HealthSnapshot) -> str:
     "A few lines for people."
     t = "unknown (no thermal zone)" if s.temperature_c is None else f"{s.temperature_c:.1f} °C"
@@ -26,14 +26,14 @@ def format_health(s: HealthSnapshot) -> str:
                       f"hailo        {'present' if s.hailo_present else 'not found'}",
                       f"advice       {thermal_advice(s)}", f"status       {status}"])
 
-# %% ../nbs/01b_system_health.ipynb #7ba2e207
+# %% ../nbs/01b_system_health.ipynb #20176c18
 def main(quick: bool = False,      # one snapshot only (no temperature watch)
          seconds: float = 5.0,     # without --quick: how long to watch the temperature
          root: str = "/",          # filesystem root to probe
          disk_path: str = None,    # folder whose free space is checked (default: root)
          json_out: bool = False,   # print the snapshot as JSON instead of text
         ) -> int:
-    "Print a short health report; exit 2 on a critical condition."
+    "Print a short health report; exit 1 on a critical condition."
     if not Path(root).is_dir(): raise ContinuonError(f"--root {root}: no such folder")
     snap = health_snapshot(root, disk_path)
     temps = [snap.temperature_c]
@@ -47,8 +47,8 @@ def main(quick: bool = False,      # one snapshot only (no temperature watch)
         print(format_health(snap))
         known = [t for t in temps if t is not None]
         if not quick and known: print(f"watched      {min(known):.1f}–{max(known):.1f} °C over {seconds:g} s")
-    return 2 if snap.critical else 0
+    return 1 if snap.critical else 0
 
-# %% ../nbs/01b_system_health.ipynb #973d0134
+# %% ../nbs/01b_system_health.ipynb #bcc67dbd
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.system_health"))

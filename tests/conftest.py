@@ -23,6 +23,19 @@ def gcs():
         yield url
 
 
+@pytest.fixture(scope="session")
+def mock_tfrecords(tmp_path_factory):
+    "Three mock-arm episodes of 60 steps, recorded and converted (GZIP) with the playbook's commands, once per session: read, never change."
+    root = tmp_path_factory.mktemp("mock_rlds")
+    eps, tfr = root/"episodes", root/"tfrecord"
+    rec = run([PY, "-m", "continuonbrain.recording.arm_episode_recorder", "--output-dir", str(eps), "--backend", "mock", "--steps", "60"])
+    assert rec.returncode == 0, rec.stderr
+    conv = run([PY, "-m", "continuonbrain.jax_models.data.tfrecord_converter", "--input-dir", str(eps), "--output-dir", str(tfr),
+                "--compress", "--no-rlds"])
+    assert conv.returncode == 0, conv.stderr
+    return tfr
+
+
 @pytest.fixture
 def machine(tmp_path):
     "Build a fixture tree: machine('pi5-throttled') -> its root."

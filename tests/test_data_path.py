@@ -36,8 +36,9 @@ def test_the_playbook_commands_as_written(tmp_path, gcs):
     assert r.returncode == 0, r.stdout
     r = run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress"])
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tfr.glob("*.tfrecord.gz")) == ["train-00000-of-00001.tfrecord.gz", "val-00000-of-00001.tfrecord.gz"]
+    assert sorted(p.name for p in tfr.glob("*.tfrecord")) == ["train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]   # the playbook's glob
     info = json.loads((tfr/"dataset_info.json").read_text())
+    assert info["compression"] == "GZIP" and (tfr/"train-00000-of-00001.tfrecord").read_bytes()[:2] == b"\x1f\x8b"
     assert info["splits"]["train"]["steps"] + info["splits"]["val"]["steps"] == 300
     script = ("from pathlib import Path\n"
               "from continuonbrain.rlds.export_pipeline import prepare_cloud_export\n"
@@ -57,7 +58,32 @@ def test_the_playbook_commands_as_written(tmp_path, gcs):
     assert f"upload: {n} file(s) sent" in r.stdout
     r = run([*UPLOAD, "--download", "--local-dir", str(tmp_path/"back"), "--gcs-bucket", "continuon-rlds", "--gcs-prefix", "rlds/episodes"])
     assert r.returncode == 0, r.stderr
-    assert (tmp_path/"back/train-00000-of-00001.tfrecord.gz").read_bytes() == (tfr/"train-00000-of-00001.tfrecord.gz").read_bytes()
+    assert (tmp_path/"back/train-00000-of-00001.tfrecord").read_bytes() == (tfr/"train-00000-of-00001.tfrecord").read_bytes()
+
+
+def test_a_recording_without_a_glove_carries_glove_placeholders(tmp_path):
+    "The playbook's checklist: recorded without a glove, every step has a glove placeholder (valid false) and nothing declares a glove."
+    out = tmp_path/"eps"
+    r = run([*RECORDER, "--output-dir", str(out), "--backend", "mock", "--steps", "20"])
+    assert r.returncode == 0, r.stderr
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 3
+    ep = json.loads(files[0].read_text())
+    assert "glove" not in ep["metadata"]["capabilities"]
+    gloves = [s["observation"]["glove"] for s in ep["steps"]]
+    assert len(gloves) == 20 and all(g["valid"] is False for g in gloves)
+    assert all(g["timestamp_ns"] == s["timestamp_ns"] for g, s in zip(gloves, ep["steps"]))
+    assert {(len(g["flex"]), len(g["fsr"]), tuple(g["orientation_quat"]), len(g["accel"])) for g in gloves} == {(5, 8, (1.0, 0.0, 0.0, 0.0), 3)}
+    r = run([*VALIDATE, *map(str, files)])
+    assert r.returncode == 0, r.stdout
+    assert "glove" not in r.stdout and r.stdout.count("no problems") == 3     # no glove warning
+    ep["steps"][7]["observation"]["glove"]["valid"] = True                 # a placeholder claiming to be data
+    tampered = out/"tampered.json"
+    tampered.write_text(json.dumps(ep))
+    r = run([*VALIDATE, str(tampered)])
+    assert r.returncode == 1, r.stdout
+    assert "1 error(s), 0 warning(s)" in r.stdout
+    assert "error: step 7: steps[7].observation.glove.valid: true, but metadata.capabilities has no glove" in r.stdout
 
 
 def _lines(path):
@@ -116,7 +142,7 @@ def test_a_new_recording_recovers_what_a_crash_left(tmp_path):
 def test_bad_input_at_the_command_line(tmp_path):
     (tmp_path/"empty").mkdir()
     r = run([*CONVERTER, "--input-dir", str(tmp_path/"empty"), "--output-dir", str(tmp_path/"out")])
-    assert r.returncode == 1 and "no episode files (*.json) found" in r.stderr
+    assert r.returncode == 2 and "no episode files (*.json) found" in r.stderr
     bad = tmp_path/"bad"; bad.mkdir()
     src = next((ROOT/"continuonbrain/rlds/episodes").glob("*.json"))
     shutil.copytree(src.with_suffix(""), bad/src.stem)                                  # its frames
@@ -125,26 +151,26 @@ def test_bad_input_at_the_command_line(tmp_path):
     del sample["steps"][3]["action"]["gripper"]                                        # a missing field
     (bad/"dup.json").write_text(json.dumps(sample))
     r = run([*CONVERTER, "--input-dir", str(bad), "--output-dir", str(tmp_path/"out"), "--no-rlds"])
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "steps[2].timestamp_ns" in r.stderr and "duplicated step" in r.stderr
     assert "steps[3].action.gripper: missing required field" in r.stderr
     assert not any((tmp_path/"out").iterdir())                                          # nothing half-written
     ro = tmp_path/"ro"; ro.mkdir(); ro.chmod(0o555)
     if os.geteuid() != 0:
         r = run([*RECORDER, "--output-dir", str(ro/"eps"), "--episodes", "1", "--steps", "2"])
-        assert r.returncode == 1 and "cannot create the folder" in r.stderr
+        assert r.returncode == 2 and "cannot create the folder" in r.stderr
     r = run([*RECORDER, "--output-dir", str(tmp_path/"x"), "--backend", "real"])
-    assert r.returncode == 2 and "missing: camera (picamera2)" in r.stderr
+    assert r.returncode == 3 and "missing: camera (picamera2)" in r.stderr
     r = run([*VALIDATE, str(bad/"dup.json"), "--json"])
     assert r.returncode == 1 and json.loads(r.stdout)["valid"] is False
     r = run([*UPLOAD, "--local-dir", str(tmp_path/"nope"), "--gcs-bucket", "continuon-rlds"])
-    assert r.returncode == 1 and "no such folder" in r.stderr
+    assert r.returncode == 2 and "no such folder" in r.stderr
 
 
 def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     "What `make playbook` runs: every step of the local profile, the data path included, into a fresh outputs folder."
     r = run([str(ROOT/".venv/bin/continuon") if (ROOT/".venv/bin/continuon").exists() else "continuon", "playbook",
-             "--profile", "local", "--run-id", "pb", "--outputs", str(tmp_path/"outputs"), "--no-progress"],
+             "--profile", "local", "--run-id", "pb", "--outputs", str(tmp_path/"outputs")],
             env={"CONTINUON_HOME": str(tmp_path/"home")}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
@@ -154,9 +180,18 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     assert t["data_path"] == str(tmp_path/"home/rlds/tfrecord") and t["step"] == 200 and t["final_loss"] < 0.1 * t["first_loss"]
     assert (tmp_path/"outputs/pb/train/core_model/checkpoints/200").is_dir()
     assert all(s["status"] == "ok" for s in steps.values())
-    assert steps["capture"]["metrics"]["valid"] == 3
-    assert steps["tfrecord"]["metrics"]["steps"] == {"train": 120, "val": 60}
+    assert steps["capture"]["metrics"]["valid"] == 12                          # the playbook asks for 10-20 episodes
+    assert steps["tfrecord"]["metrics"]["steps"] == {"train": 1000, "val": 200}
+    h = t["heldout"]                                                            # held-out learning, not memorising
+    assert h["heldout_error"] < 0.5 * h["mean_action_error"] and t["warnings"] == [], (h, t["warnings"])
+    # the console shows each step's own progress, and none of TensorFlow's log lines
+    assert "    | step   200/200  training loss" in r.stdout and "[7/8] train ok in" in r.stdout, r.stdout[-3000:]
+    assert "oneDNN" not in r.stdout + r.stderr and "DATA_LOSS" not in r.stdout + r.stderr
+    assert "oneDNN" in (tmp_path/"outputs/pb/tfrecord/kernel.log").read_text()
+    # each step's report opens with its result
+    page = (tmp_path/"outputs/pb/train/13_tpu_train.html").read_text()
+    assert page.index("Result: train ok in") < page.index("train_from_folder") and "data:image/png;base64" in page
     assert steps["export_bundle"]["metrics"]["identifiers_leaked"] == 0
     assert steps["upload"]["metrics"]["target"] == "emulator" and steps["upload"]["metrics"]["skipped_second_pass"] > 0
-    assert len(list((tmp_path/"home/rlds/tfrecord").glob("*.tfrecord.gz"))) == 2
+    assert len(list((tmp_path/"home/rlds/tfrecord").glob("*.tfrecord"))) == 2
     for step in steps: assert (tmp_path/f"outputs/pb/{step}/metrics.json").is_file()

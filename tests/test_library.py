@@ -5,9 +5,11 @@ from conftest import PY, ROOT, run
 
 MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite",
            "rlds.schema", "rlds.validators", "recording.arm_episode_recorder", "jax_models.data.tfrecord_converter",
-           "rlds.export_pipeline", "jax_models.utils.upload_to_gcs"]
+           "rlds.export_pipeline", "jax_models.utils.upload_to_gcs", "training", "jax_models.data.windows"]
 WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
-            "wavecore.distill", "wavecore.selfplay", "wavecore.scale"]   # JAX modules: jax is their core
+            "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "jax_models.core_model", "jax_models.policy_train",
+            "jax_models.train.local_sanity_check", "jax_models.train.cloud.tpu_train", "jax_models.evaluate",
+            "trainer.local_lora_trainer"]   # JAX modules: jax is their core
 HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "tensorflow_datasets", "jax", "gcp_storage_emulator"]
 
 
@@ -68,3 +70,55 @@ def test_cells_with_imports_hold_only_imports():
             kinds = {isinstance(s, (ast.Import, ast.ImportFrom)) for s in body}
             if kinds == {True, False}: bad.append(f"{nb.name} cell {i}")
     assert bad == []
+
+
+CLI_MODULES = ("local_sanity_check", "tpu_train", "local_lora_trainer")   # thin commands: no module builds on them
+
+
+def _generated():
+    import ast
+    for p in sorted((ROOT/"continuonbrain").rglob("*.py")):
+        if p.name != "_modidx.py": yield p, ast.parse(p.read_text())
+
+
+def test_no_module_imports_a_command_module_or_another_modules_private_name():
+    "One home for each piece of logic: commands are thin and nothing reaches into another module's `_private` names."
+    import ast
+    bad = []
+    for p, tree in _generated():
+        modules = set()                                            # names bound to a continuonbrain module in this file
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                last = n.module.split(".")[-1]
+                if last in CLI_MODULES and last != p.stem: bad.append(f"{p}:{n.lineno} imports the command module {n.module}")
+                bad += [f"{p}:{n.lineno} imports {a.name} from {n.module}" for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+                pkg = (ROOT/"continuonbrain").joinpath(*n.module.split(".")[1:]) if n.module.startswith("continuonbrain") else None
+                modules |= {a.asname or a.name for a in n.names if pkg is not None and (pkg/f"{a.name}.py").is_file()}
+            if isinstance(n, ast.Import):
+                modules |= {a.asname for a in n.names if a.name.startswith("continuonbrain") and a.asname}
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules
+                    and n.attr.startswith("_") and not n.attr.startswith("__")):
+                bad.append(f"{p}:{n.lineno} uses {n.value.id}.{n.attr}")
+    assert bad == []
+
+
+def test_functions_stay_under_60_lines():
+    import ast
+    long = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)" for p, tree in _generated()
+            for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []
+
+
+def test_one_definition_of_each_training_piece():
+    "One checkpoint layer, one resume check, one memory budget, one thermal guard, one optimizer, one TrainError."
+    import ast
+    pieces = {"Checkpoints", "check_resume", "check_budget", "over_budget", "ThermalGuard", "make_optimizer", "TrainError",
+              "MemoryBudgetError", "params_digest", "rss_bytes", "RESUME_KEYS", "ExportError"}
+    homes = {}
+    for p, tree in _generated():
+        for n in tree.body:
+            names = [n.name] if isinstance(n, (ast.FunctionDef, ast.ClassDef)) else [t.id for t in getattr(n, "targets", []) if isinstance(t, ast.Name)]
+            for name in set(names) & pieces: homes.setdefault(name, []).append(str(p.relative_to(ROOT)))
+    assert {k: v for k, v in homes.items() if len(v) > 1} == {}
+    assert all(v == ["continuonbrain/training.py"] for k, v in homes.items() if k != "ExportError"), homes   # ExportError: the model exporters'

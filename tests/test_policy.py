@@ -1,6 +1,7 @@
 """The robot policy as the playbook runs it: step 4's and step 7's commands as written on real TFRecords (gs:// on the
 GCS emulator, 8 simulated devices, two processes as two hosts), SIGKILL and resume, and their failures."""
-import json, os, signal, subprocess, time
+import json, os, shutil, signal, subprocess, time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +13,8 @@ CONVERTER = [PY, "-m", "continuonbrain.jax_models.data.tfrecord_converter"]
 SANITY = [PY, "-m", "continuonbrain.jax_models.train.local_sanity_check"]
 
 
-def _tfrecords(tmp_path):
-    eps, tfr = tmp_path/"rlds/episodes", tmp_path/"rlds/tfrecord"
-    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "mock", "--steps", "60"]).returncode == 0
-    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds"]).returncode == 0
-    return tfr
-
-
-def test_the_sanity_check_command_as_written(tmp_path):
-    tfr = _tfrecords(tmp_path)
+def test_the_sanity_check_command_as_written(tmp_path, mock_tfrecords):
+    tfr = mock_tfrecords
     r = run([*SANITY, "--rlds-dir", str(tfr), "--obs-dim", "128", "--action-dim", "32", "--max-steps", "10", "--batch-size", "4"],
             cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -31,15 +25,15 @@ def test_the_sanity_check_command_as_written(tmp_path):
     assert (tmp_path/"outputs/sanity_check/loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_sanity_check_refuses_what_it_cannot_learn_from(tmp_path):
+def test_the_sanity_check_refuses_what_it_cannot_learn_from(tmp_path, mock_tfrecords):
     r = run([*SANITY, "--rlds-dir", str(tmp_path/"nothing"), "--out", str(tmp_path/"o")])
     assert r.returncode == 2 and "nothing: no such folder" in r.stderr and "Traceback" not in r.stderr
     r = run([*SANITY, "--out", str(tmp_path/"o")])
     assert r.returncode == 2 and "no --rlds-dir given" in r.stderr
-    tfr = _tfrecords(tmp_path)
+    tfr = tmp_path/"tfrecord"; shutil.copytree(mock_tfrecords, tfr)       # a copy: one of its shards is cut below
     r = run([*SANITY, "--rlds-dir", str(tfr), "--action-dim", "16", "--out", str(tmp_path/"o")])
     assert r.returncode == 2 and "the data has action_dim 32, but 16 was asked for" in r.stderr
-    shard = next(tfr.glob("train-*.tfrecord.gz"))
+    shard = next(tfr.glob("train-*.tfrecord"))
     shard.write_bytes(shard.read_bytes()[:300])
     r = run([*SANITY, "--rlds-dir", str(tfr), "--out", str(tmp_path/"o")])
     assert r.returncode == 2 and f"{shard}: unreadable TFRecord shard" in r.stderr
@@ -92,7 +86,7 @@ def test_tpu_train_as_written_on_8_devices_with_gs_data_and_checkpoints(uploaded
     assert "on 8 device(s)" in r.stdout and "ok: step 24 (num_steps)" in r.stdout
     m = _metrics(OUT_URI)
     assert (m["devices"], m["hosts"], m["step"], len(m["losses"])) == (8, 1, 24, 24)
-    assert m["final_loss"] < 0.5 * m["first_loss"] and m["evals"][-1]["heldout_loss"] < m["evals"][-1]["heldout_mean_action_loss"]
+    assert m["final_loss"] < 0.5 * m["first_loss"] and m["evals"][-1]["heldout_error"] < m["evals"][-1]["mean_action_error"]
     from continuonbrain import store
     objs = store.ls(OUT_URI)
     assert {f"{OUT_URI}/checkpoints/{s}/MIRRORED.json" for s in (8, 16, 24)} <= set(objs) and f"{OUT_URI}/loss.png" in objs
@@ -164,39 +158,35 @@ def test_tpu_train_refuses_what_it_cannot_use(uploaded, tmp_path):
     r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"o"), "--obs-dim", "64"])
     assert r.returncode == 2 and "the data has obs_dim 128, but 64 was asked for" in r.stderr
     r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"o"), "--batch-size", "12"], env=EIGHT)
-    assert r.returncode == 3 and "--batch-size 12: must be a multiple of the 8 devices" in r.stderr
+    assert r.returncode == 2 and "--batch-size 12: must be a multiple of the 8 devices" in r.stderr
     r = run([*TPU_TRAIN, "--output-dir", str(tmp_path/"o")])
-    assert r.returncode == 3 and "--data-path and --output-dir are required" in r.stderr
+    assert r.returncode == 2 and "--data-path and --output-dir are required" in r.stderr
 
 
 def test_evaluate_reads_the_run_from_the_bucket_and_gates_on_the_baselines(uploaded, tmp_path):
-    "Step 7's checkpoints in the emulator's bucket, scored by the evaluation command; an undertrained run fails the gate."
+    """Step 7's checkpoints in the emulator's bucket, scored by the evaluation command as written: the report lands in the
+    bucket, and an undertrained run fails the gate (exit 4). That a trained policy beats both baselines is measured,
+    and asserted, in nbs/14_policy_eval.ipynb (40 simulated-arm episodes, 400 steps): one place, not two."""
     from continuonbrain import store
-    # 40 simulated-arm episodes (a fifth held out): enough that a policy can beat ridge regression, which 8 are not
-    eps, tfr, data = tmp_path/"episodes", tmp_path/"tfrecord", "gs://continuon-rlds/rlds/sim40"
-    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "sim", "--episodes", "40", "--steps", "100"]).returncode == 0
-    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds", "--no-images",
-                "--val-fraction", "0.2"]).returncode == 0
-    assert run([PY, "-m", "continuonbrain.jax_models.utils.upload_to_gcs", "--local-dir", str(tfr), "--gcs-bucket", "continuon-rlds",
-                "--gcs-prefix", "rlds/sim40", "--quiet"]).returncode == 0
     out = "gs://continuon-rlds/checkpoints/evaluated"
     _wipe(out)
-    r = run([*TPU_TRAIN, "--data-path", data, "--output-dir", out, "--batch-size", "16", *SMALL, "--num-steps", "400",
-             "--checkpoint-every", "400", "--eval-every", "400", "--staging-dir", str(tmp_path/"s")], cwd=tmp_path)
+    r = run([*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", out, "--batch-size", "16", *SMALL, "--num-steps", "2",
+             "--checkpoint-every", "2", "--eval-every", "2", "--staging-dir", str(tmp_path/"s")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ev = [PY, "-m", "continuonbrain.jax_models.evaluate", "--train-dir", out]
+    import tempfile
+    litter = lambda: {p.name for p in Path(tempfile.gettempdir()).glob("continuon-*")}
+    before = litter()
     r = run(ev, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "vs ridge" in r.stdout and "vs mean action" in r.stdout
-    m = store.read_json(f"{out}/eval/policy_eval.json")
-    assert m["beats_baselines"] and m["step"] == 400 and m["data_path"] == data and m["episodes"] == 8
+    assert r.returncode == 4 and "the policy does not beat the" in r.stderr, r.stdout + r.stderr   # two steps learn nothing
+    assert litter() <= before                                              # the staged checkpoint and data were removed
+    assert "held-out action error" in r.stdout and "ridge's" in r.stdout and "mean action's" in r.stdout
+    m = store.read_json(f"{out}/eval/policy_eval.json")                    # the report is written either way, in the bucket
+    assert not m["beats_baselines"] and m["step"] == 2 and m["data_path"] == DATA_URI and m["episodes"] == 1
     assert m["action_dims"][-1] == "gripper" and len(m["methods"]["policy"]["rmse"]) == 6
     assert store.read_bytes(f"{out}/eval/policy_eval.png")[:4] == b"\x89PNG"
-    r = run([*TPU_TRAIN, "--data-path", str(uploaded), "--output-dir", str(tmp_path/"early"), "--batch-size", "16", *SMALL,
-             "--num-steps", "2", "--checkpoint-every", "2"], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run([*ev[:-1], str(tmp_path/"early"), "--out", str(tmp_path/"rep")], cwd=tmp_path)
-    assert r.returncode == 4 and "the policy does not beat the" in r.stderr and (tmp_path/"rep/policy_eval.json").is_file()
+    r = run([*ev, "--allow-worse", "--out", str(tmp_path/"rep")], cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path/"rep/policy_eval.json").is_file(), r.stderr
     r = run([*ev[:-1], str(tmp_path/"none")])
     assert r.returncode == 3 and "none/checkpoints: no such folder" in r.stderr
 
@@ -222,4 +212,4 @@ def test_the_lora_command_as_written_trains_saves_and_promotes_a_real_adapter(tm
     r = run([*LORA, "--config", "continuonbrain/configs/pi5-donkey.json"], env={"CONTINUON_HOME": str(tmp_path/"robot")})
     assert r.returncode == 3 and "checkpoints/core_model_v0: no such folder" in r.stderr and "Traceback" not in r.stderr
     r = run([*LORA, "--config", str(tmp_path/"nope.json"), "--use-stub-hooks"])
-    assert r.returncode == 3 and "nope.json: no such file" in r.stderr
+    assert r.returncode == 2 and "nope.json: no such file" in r.stderr

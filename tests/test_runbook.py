@@ -66,15 +66,15 @@ def test_bad_parameters_name_key_file_and_type(scratch_project, tmp_path):
     tmp_path = tmp_path/"out"
     _profile(scratch_project, "bad", "alignment_steps: lots\n")
     r = run([CONTINUON, "run", "hardware", "--profile", "bad", "--outputs", str(tmp_path)], cwd=scratch_project)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip() == f"error: {scratch_project}/params/bad/hardware.yaml: alignment_steps: expected int, got str 'lots'"
     assert not tmp_path.exists()   # refused before anything ran: nothing written
     r = run([CONTINUON, "run", "hardware", "-p", "trace_secs", "3", "--outputs", str(tmp_path)])
-    assert r.returncode == 1 and "command line -p: unknown parameter 'trace_secs'" in r.stderr
+    assert r.returncode == 2 and "command line -p: unknown parameter 'trace_secs'" in r.stderr
     r = run([CONTINUON, "run", "hardware", "--profile", "mars"])
-    assert r.returncode == 1 and "unknown profile 'mars'" in r.stderr
+    assert r.returncode == 2 and "unknown profile 'mars'" in r.stderr
     r = run([CONTINUON, "run", "hardwear"])
-    assert r.returncode == 1 and "unknown step 'hardwear'" in r.stderr
+    assert r.returncode == 2 and "unknown step 'hardwear'" in r.stderr
 
 
 def test_params_shows_sources():
@@ -108,9 +108,9 @@ def test_playbook_stops_at_failure_and_resumes(scratch_project, tmp_path):
 
 def test_playbook_rejects_steps_the_profile_does_not_run():
     r = run([CONTINUON, "playbook", "--profile", "tpu", "--from", "capture"])
-    assert r.returncode == 1 and "--from capture: profile 'tpu' does not run that step (it runs: train)" in r.stderr
+    assert r.returncode == 2 and "--from capture: profile 'tpu' does not run that step (it runs: train)" in r.stderr
     r = run([CONTINUON, "playbook", "--from", "nowhere"])
-    assert r.returncode == 1 and "unknown step 'nowhere'" in r.stderr
+    assert r.returncode == 2 and "unknown step 'nowhere'" in r.stderr
 
 
 def test_settings_keep_papermill_tags():
@@ -144,7 +144,7 @@ def test_relative_outputs_land_where_the_user_stands(tmp_path):
 
 def test_unusable_outputs_and_roots_are_one_line_errors(tmp_path):
     r = run([CONTINUON, "run", "hardware", "--outputs", "/proc/no/such"])
-    assert r.returncode == 1 and r.stderr.startswith("error: cannot create the step folder /proc/no/such/"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot create the step folder /proc/no/such/"), r.stderr
     r = run([CONTINUON, "run", "hardware", "-p", "root", "/nonexistent", "--outputs", str(tmp_path), "--run-id", "x", "--no-progress"])
     assert r.returncode == 1
     assert "ContinuonError: root='/nonexistent': no such folder" in r.stdout
@@ -155,7 +155,7 @@ def test_non_utf8_params_file(scratch_project, tmp_path):
     _profile(scratch_project, "latin", "root: /\n")
     (scratch_project/"params/latin/hardware.yaml").write_bytes("root: /caf\xe9\n".encode("latin-1"))
     r = run([CONTINUON, "run", "hardware", "--profile", "latin", "--outputs", str(tmp_path)], cwd=scratch_project)
-    assert r.returncode == 1 and r.stderr.strip().endswith("params/latin/hardware.yaml: not UTF-8 text (byte 10)"), r.stderr
+    assert r.returncode == 2 and r.stderr.strip().endswith("params/latin/hardware.yaml: not UTF-8 text (byte 10)"), r.stderr
 
 
 def test_ctrl_c_marks_the_step_interrupted(tmp_path):

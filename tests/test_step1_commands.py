@@ -47,15 +47,16 @@ def test_validation_on_fixture_machines(machine, tmp_path):
 
 def test_system_health_quick_as_written():
     r = run([PY, "-m", "continuonbrain.system_health", "--quick"])
-    assert r.returncode in (0, 2), r.stderr
+    assert r.returncode in (0, 1), r.stderr
     lines = r.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == ["temperature", "throttling", "memory", "disk", "hailo", "advice", "status"]
-    assert (r.returncode == 2) == lines[-1].split()[1].startswith("CRITICAL")
+    assert (r.returncode == 1) == lines[-1].split()[1].startswith("CRITICAL")
 
 
-def test_system_health_exits_2_when_critical(machine):
+def test_system_health_exits_1_when_critical(machine):
+    "A critical reading is a failed check: exit code 1 (the README's table)."
     r = run([PY, "-m", "continuonbrain.system_health", "--quick", "--root", str(machine("pi5-throttled"))])
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert "CRITICAL: temperature 84.5 °C; under_voltage now; throttled now" in r.stdout
     assert "advice       pause" in r.stdout
 
@@ -71,13 +72,13 @@ def test_integration_test_real_hardware_refuses_without_robot(tmp_path):
     from continuonbrain.hardware import FixtureSpec, write_fixture_tree
     bare_pc = write_fixture_tree(tmp_path/"pc", FixtureSpec(model=None, throttled=None, hailo_arch=None, camera=None, i2c=()))
     r = run([PY, "-m", "continuonbrain.tests.integration_test", "--real-hardware", "--root", str(bare_pc)])
-    assert r.returncode == 2
+    assert r.returncode == 3                                              # cannot run here
     assert r.stdout == ""
     for part in ("a Raspberry Pi 5 (board model: none)", "/dev/hailo*", "hailortcli", "a camera", "/dev/i2c-1"):
         assert part in r.stderr, r.stderr
     if not ON_PI:
         r = run([PY, "-m", "continuonbrain.tests.integration_test", "--real-hardware"])
-        assert r.returncode == 2 and "refusing --real-hardware" in r.stderr
+        assert r.returncode == 3 and "refusing --real-hardware" in r.stderr
 
 
 def test_mock_sensors_time_the_loop(machine, tmp_path):
@@ -90,7 +91,7 @@ def test_mock_sensors_time_the_loop(machine, tmp_path):
 
 def test_unwritable_report_is_refused_before_the_checks():
     r = run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--log-json", "/proc/nope/pi5_check.json"])
-    assert r.returncode == 1 and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""                           # bad input
     assert r.stderr.strip() == "error: /proc/nope/pi5_check.json: cannot create its folder (No such file or directory)"
 
 

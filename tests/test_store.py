@@ -63,7 +63,7 @@ def test_dead_gcs_server_is_refused_before_the_work(tmp_path):
     from continuonbrain.store import free_port
     r = run([PY, "-m", "continuonbrain.pi5_hardware_validation", "--log-json", "gs://continuon-rlds/reports/x.json"],
             env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}, timeout=300)
-    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert r.returncode == 3 and r.stdout == "", r.stdout                  # storage that cannot be reached: cannot go on here
     assert r.stderr.startswith("error: gs://continuon-rlds/reports/x.json: "), r.stderr
     assert "cannot reach 127.0.0.1" in r.stderr or "gave up" in r.stderr, r.stderr
 

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'CoreModelConfig', 'Norm', 'PolicyError', 'CoreModel', 'create_policy', 'policy_loss', 'random_batch',
-           'dead_parameters', 'step_fn', 'train_memory_bytes', 'preset_report', 'format_presets']
+           'make_policy_step', 'make_policy_predict', 'policy_predict', 'action_errors', 'dead_parameters', 'step_fn',
+           'train_memory_bytes', 'preset_report', 'format_presets']
 
-# %% ../../nbs/11_core_model.ipynb #f61c159f
+# %% ../../nbs/11_core_model.ipynb #9c629a4b
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -17,9 +18,10 @@ from flax import nnx
 
 from ..config import ContinuonError
 from ..wavecore.blocks import Dense, RMSNorm, segments
+from ..training import tree_bytes
 from ..wavecore.model import ConfigError, WaveCoreConfig, build_blocks, time_calls
 
-# %% ../../nbs/11_core_model.ipynb #72ddc209
+# %% ../../nbs/11_core_model.ipynb #eccd35c2
 @dataclass(frozen=True)
 class CoreModelConfig:
     "The policy's shape: observation and action widths and the WaveCore backbone (its `vocab_size` is unused)."
@@ -76,7 +78,7 @@ class CoreModelConfig:
 
 PRESETS = ("development", "pi5_optimized", "tpu_optimized")
 
-# %% ../../nbs/11_core_model.ipynb #49c1eac0
+# %% ../../nbs/11_core_model.ipynb #5b6246bd
 class Norm(nnx.Variable):
     "Normalisation statistics: state that travels with the model but is never trained."
 
@@ -151,7 +153,7 @@ def create_policy(config: CoreModelConfig, seed: int = 0) -> CoreModel:
     "A new CoreModel with parameters drawn from `seed`, initialised in one compiled function."
     return nnx.jit(lambda: CoreModel(config, rngs=nnx.Rngs(seed)))()
 
-# %% ../../nbs/11_core_model.ipynb #363fa8c9
+# %% ../../nbs/11_core_model.ipynb #00871f24
 def policy_loss(model: CoreModel, batch: dict) -> jax.Array:
     "Masked mean squared action error in normalised units; `batch` has observation, action, mask and is_first."
     pred = model.normalized(batch["observation"], batch.get("is_first"))
@@ -168,7 +170,43 @@ def random_batch(config: CoreModelConfig, batch_size: int, window: int, seed: in
             "action": rng.normal(size=(batch_size, window, config.action_dim)).astype(np.float32),
             "mask": np.ones((batch_size, window), np.float32), "is_first": first}
 
-# %% ../../nbs/11_core_model.ipynb #ea7f67f7
+# %% ../../nbs/11_core_model.ipynb #7110810d
+def make_policy_step(graphdef, tx, shardings: tuple | None = None):
+    """A jitted `step(params, rest, opt_state, batch) -> (params, opt_state, loss)` for a split CoreModel.
+    `shardings` = (params, rest, opt_state, batch) shardings pins where each lives on a device mesh; params and
+    optimizer state are then donated, and the loss comes back replicated."""
+    import optax
+    def loss_fn(params, rest, batch): return policy_loss(nnx.merge(graphdef, params, rest), batch)
+    def step(params, rest, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    if shardings is None: return jax.jit(step)
+    p, r, o, b = shardings
+    one = jax.sharding.NamedSharding(b.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(p, r, o, b), out_shardings=(p, o, one), donate_argnums=(0, 2))
+
+# %% ../../nbs/11_core_model.ipynb #7563140b
+def make_policy_predict(graphdef):
+    "A jitted `f(params, rest, observation, is_first) -> actions` (raw units) for a split CoreModel."
+    return jax.jit(lambda params, rest, obs, first: nnx.merge(graphdef, params, rest)(obs, first))
+
+def policy_predict(model: CoreModel, windows: dict, batch: int = 64) -> np.ndarray:
+    "The policy's actions (raw units) for every window, in sequence mode with resets at episode starts: what training saw."
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    f, n = make_policy_predict(graphdef), len(windows["mask"])
+    return np.concatenate([np.asarray(f(params, rest, windows["observation"][s:s + batch], windows["is_first"][s:s + batch]))
+                           for s in range(0, n, batch)])
+
+def action_errors(pred: np.ndarray, windows: dict, stats: dict, dims: list[int]) -> dict:
+    "Errors of `pred` against the logged actions on the real steps: `mse` (normalised, over the `dims` that carry data), `mse_all_dims`, RMSE per dimension in raw units, and each step's mean |error|."
+    std = np.asarray(stats["action"]["std"], np.float32)
+    m = windows["mask"].astype(bool)
+    d = pred[m] - windows["action"][m]
+    return {"mse": float(np.square(d[:, dims] / std[dims]).mean()), "mse_all_dims": float(np.square(d / std).mean()),
+            "rmse": [float(np.sqrt(np.square(d[:, i]).mean())) for i in dims], "abs_err": np.abs(d[:, dims] / std[dims]).mean(1)}
+
+# %% ../../nbs/11_core_model.ipynb #6c4aff2b
 def dead_parameters(model: CoreModel, batch: dict) -> list[str]:
     "Paths of parameter arrays whose gradient over `batch` is exactly zero everywhere."
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -176,7 +214,7 @@ def dead_parameters(model: CoreModel, batch: dict) -> list[str]:
     flat = nnx.to_flat_state(grads)
     return ["/".join(map(str, path)) for path, g in flat if not np.any(np.asarray(g[...] if isinstance(g, nnx.Variable) else g))]
 
-# %% ../../nbs/11_core_model.ipynb #4431138b
+# %% ../../nbs/11_core_model.ipynb #07f10756
 def step_fn(model: CoreModel):
     "A jitted `f(params, state, obs_t, is_first_t) -> (state, action)` and the model's arrays."
     graphdef, params = nnx.split(model)
@@ -192,7 +230,7 @@ def train_memory_bytes(config: CoreModelConfig, batch_size: int, window: int) ->
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), random_batch(config, batch_size, window))
     grad = jax.jit(jax.grad(lambda p, r, b: policy_loss(nnx.merge(graphdef, p, r), b)))
     ma = grad.lower(params, rest, batch).compile().memory_analysis()
-    pbytes = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
+    pbytes = tree_bytes(params)
     return {"param_bytes": pbytes, "step_bytes": int(ma.temp_size_in_bytes + ma.output_size_in_bytes),
             "train_bytes": 4 * pbytes + int(ma.temp_size_in_bytes)}   # params, 2 AdamW moments, gradient, activations
 

@@ -9,22 +9,23 @@ __all__ = ['JOINT_NAMES', 'BASE_H', 'L1', 'L2', 'L3', 'JOINT_LIMITS', 'CAM_W', '
            'EpisodeWriter', 'finalize_partial', 'Recovered', 'recover_episodes', 'episode_id_for', 'record_episode',
            'record', 'main']
 
-# %% ../../nbs/02b_capture.ipynb #72ef6cd9
+# %% ../../nbs/02b_capture.ipynb #c4e6e9d9
 import importlib.util, json, math, os, platform, shutil, socket, struct, sys, time, zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 import continuonbrain
 from ..config import ContinuonError, run_cli
 from .. import store
 from ..rlds.schema import (SCHEMA_VERSION, Action, Diagnostics, EpisodeMetadata, MediaRef, Observation, Owner,
-                                        Provenance, RobotState, Safety, Step, to_record)
+                                        Provenance, RobotState, Safety, Step, glove_placeholder, to_record)
 from ..rlds.validators import validate_episode
 
-# %% ../../nbs/02b_capture.ipynb #bdeb8815
+# %% ../../nbs/02b_capture.ipynb #0b1b2a2d
 JOINT_NAMES = ["base_yaw", "shoulder_pitch", "elbow_pitch", "wrist_pitch", "wrist_roll"]
 BASE_H, L1, L2, L3 = 0.10, 0.15, 0.15, 0.05
 JOINT_LIMITS = np.array([[-2.6, 2.6], [-0.3, 2.8], [-2.8, 0.3], [-3.1, 3.1], [-3.1, 3.1]])
@@ -48,6 +49,7 @@ def forward(q) -> list[float]:
     tip = arm_points(q)[-1]
     return [*map(float, tip), *_quat(q[0], -(q[1] + q[2] + q[3]), q[4])]
 
+# %% ../../nbs/02b_capture.ipynb #fc19c5f7
 def inverse(goal) -> np.ndarray:
     "Joint angles that put the hand tip on `goal` (x, y, z) pointing down, elbow up; wrist roll follows the base yaw."
     x, y, z = map(float, goal)
@@ -65,7 +67,7 @@ def sample_goal(rng: np.random.Generator) -> np.ndarray:
     r, a, z = rng.uniform(0.12, 0.28), rng.uniform(-1.2, 1.2), rng.uniform(0.02, 0.12)
     return np.array([r * math.cos(a), r * math.sin(a), z])
 
-# %% ../../nbs/02b_capture.ipynb #afbed71d
+# %% ../../nbs/02b_capture.ipynb #134fd3b9
 CAM_W, CAM_H, DEPTH_W, DEPTH_H, CAM_Z = 64, 48, 32, 24, 0.5
 _X0, _X1, _Y0, _Y1 = -0.05, 0.35, -0.30, 0.30
 
@@ -79,6 +81,7 @@ def _arm_samples(q, n: int = 24) -> np.ndarray:
     t = np.linspace(0, 1, n)[:, None]
     return np.vstack([a + t * (b - a) for a, b in zip(pts[:-1], pts[1:])])
 
+# %% ../../nbs/02b_capture.ipynb #995094f0
 def render(q, goal, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     "A colour image uint8[48, 64, 3] and a depth image uint16[24, 32] (mm) of the arm and its target."
     img = np.empty((CAM_H, CAM_W, 3), np.uint8); img[:] = (196, 186, 164)
@@ -102,6 +105,7 @@ def render(q, goal, rng: np.random.Generator | None = None) -> tuple[np.ndarray,
     np.minimum.at(depth, (r[ok], c[ok]), mm[ok])
     return img, depth
 
+# %% ../../nbs/02b_capture.ipynb #fe2b09a7
 def png_bytes(img: np.ndarray) -> bytes:
     "PNG bytes of an 8-bit RGB image [H, W, 3] or a 16-bit grey image [H, W]."
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3: ctype, bits, data = 2, 8, img
@@ -113,7 +117,7 @@ def png_bytes(img: np.ndarray) -> bytes:
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, ctype, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
-# %% ../../nbs/02b_capture.ipynb #77a8d61b
+# %% ../../nbs/02b_capture.ipynb #fa340c01
 class SimArm:
     "The simulated 5-joint arm: kinematics, first-order joint response, rendered images unless `render_images=False`."
     source = "sim"
@@ -125,23 +129,6 @@ class SimArm:
         self.q = inverse(sample_goal(self.rng)) + self.rng.normal(0, 0.2, 5)
         self.dq, self.gripper, self.goal = np.zeros(5), 1.0, sample_goal(self.rng)
 
-    def observe(self, frame_id: int, t_ns: int) -> dict:
-        "The robot state, goal and (when rendering) the images at this step."
-        state = RobotState(frame_id, t_ns - int(self.rng.integers(100_000, 500_000)), self.q.tolist(), self.dq.tolist(),
-                           forward(self.q), self.gripper)
-        out = {"robot_state": state, "goal": self.goal.tolist()}
-        if self.render_images:
-            out["camera"], out["depth"] = render(self.q, self.goal, self.rng)
-            out["camera_ts"] = t_ns - int(self.rng.integers(500_000, 3_000_000))
-        return out
-
-    def apply(self, action: Action):
-        "Move each joint 60% of the way to its target (with noise) and set the gripper."
-        target = np.clip(np.asarray(action.joint_targets), JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1])
-        new = self.q + 0.6 * (target - self.q) + self.rng.normal(0, 0.002, 5)
-        self.dq, self.q = (new - self.q) * self.hz, new
-        self.gripper = float(action.gripper)
-
     def close(self): pass
 
 class MockArm(SimArm):
@@ -149,6 +136,27 @@ class MockArm(SimArm):
     source = "mock"
     def __init__(self, seed: int = 0, hz: float = 10.0): super().__init__(seed, hz, render_images=False)
 
+# %% ../../nbs/02b_capture.ipynb #7c651bcf
+@patch
+def observe(self: SimArm, frame_id: int, t_ns: int) -> dict:
+    "The robot state, goal and (when rendering) the images at this step."
+    state = RobotState(frame_id, t_ns - int(self.rng.integers(100_000, 500_000)), self.q.tolist(), self.dq.tolist(),
+                       forward(self.q), self.gripper)
+    out = {"robot_state": state, "goal": self.goal.tolist()}
+    if self.render_images:
+        out["camera"], out["depth"] = render(self.q, self.goal, self.rng)
+        out["camera_ts"] = t_ns - int(self.rng.integers(500_000, 3_000_000))
+    return out
+
+@patch
+def apply(self: SimArm, action: Action):
+    "Move each joint 60% of the way to its target (with noise) and set the gripper."
+    target = np.clip(np.asarray(action.joint_targets), JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1])
+    new = self.q + 0.6 * (target - self.q) + self.rng.normal(0, 0.002, 5)
+    self.dq, self.q = (new - self.q) * self.hz, new
+    self.gripper = float(action.gripper)
+
+# %% ../../nbs/02b_capture.ipynb #1efda93a
 class ScriptedController:
     "Steer to the arm's current goal; grasp on arrival; new goal after holding it."
     def __init__(self, arm: SimArm, gain: float = 0.5, max_step: float = 0.25, hold: int = 4):
@@ -165,12 +173,12 @@ class ScriptedController:
             self.arm.goal, self.held = sample_goal(self.arm.rng), 0
         return Action((np.asarray(q) + delta).tolist(), 0.0 if near else 1.0, "scripted"), reward
 
-# %% ../../nbs/02b_capture.ipynb #08003b30
+# %% ../../nbs/02b_capture.ipynb #b5c4aa45
 REAL_DRIVERS = {"camera": "picamera2", "depth camera": "depthai", "servos": "adafruit_servokit"}
 
 class RealArmUnavailable(ContinuonError):
     "The real backend cannot run here."
-    exit_code = 2
+    exit_code = 3
 
 def real_arm(seed: int = 0, hz: float = 10.0):
     "The real arm backend; raises `RealArmUnavailable` naming each missing driver."
@@ -183,7 +191,7 @@ def real_arm(seed: int = 0, hz: float = 10.0):
 
 BACKENDS = {"sim": SimArm, "mock": MockArm, "real": real_arm}
 
-# %% ../../nbs/02b_capture.ipynb #866e5d5a
+# %% ../../nbs/02b_capture.ipynb #dd1f6307
 class RecordingError(ContinuonError):
     "A recording that cannot be written or finalised."
 
@@ -192,6 +200,7 @@ def _atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data); os.replace(tmp, path)
 
+# %% ../../nbs/02b_capture.ipynb #21270057
 class EpisodeWriter:
     "Stream one episode to `out_dir`: metadata first, then one flushed JSON line per step, media beside it."
     def __init__(self, out_dir: str | Path, metadata: EpisodeMetadata, fsync_every_s: float = 1.0):
@@ -217,17 +226,20 @@ class EpisodeWriter:
         _atomic_write(d/f"{frame_id:06d}.{ext}", data)
         return f"{self.id}/{kind}/{frame_id:06d}.{ext}"
 
-    def add(self, step: Step):
-        "Append one step (flushed now, fsynced every `fsync_every_s`)."
-        self._line(to_record(step)); self.steps += 1
-        if time.monotonic() - self.last_sync >= self.fsync_every_s: self._sync()
+# %% ../../nbs/02b_capture.ipynb #28623ce8
+@patch
+def add(self: EpisodeWriter, step: Step):
+    "Append one step (flushed now, fsynced every `fsync_every_s`)."
+    self._line(to_record(step)); self.steps += 1
+    if time.monotonic() - self.last_sync >= self.fsync_every_s: self._sync()
 
-    def finish(self, truncated: bool = False) -> Path:
-        "Close and finalise: returns the episode's JSON path."
-        self._sync(); self.f.close()
-        return finalize_partial(self.partial, truncated=truncated, recovered=False)
+@patch
+def finish(self: EpisodeWriter, truncated: bool = False) -> Path:
+    "Close and finalise: returns the episode's JSON path."
+    self._sync(); self.f.close()
+    return finalize_partial(self.partial, truncated=truncated, recovered=False)
 
-# %% ../../nbs/02b_capture.ipynb #0bfca04b
+# %% ../../nbs/02b_capture.ipynb #fd27fceb
 def _read_partial(path: Path) -> tuple[dict | None, list[dict], int]:
     "Metadata, the complete step lines, and the number of lines dropped (torn or unparsable) of a partial recording."
     lines = path.read_bytes().split(b"\n")
@@ -239,6 +251,7 @@ def _read_partial(path: Path) -> tuple[dict | None, list[dict], int]:
             dropped = sum(1 for x in lines[i:] if x.strip()); break   # everything from a bad line on is suspect
     return (recs[0] if recs else None), recs[1:], dropped
 
+# %% ../../nbs/02b_capture.ipynb #21305854
 def finalize_partial(path: str | Path, truncated: bool = True, recovered: bool = True) -> Path | None:
     "Turn `DIR/<id>.partial.jsonl` into a valid `DIR/<id>.json`; returns it, or None when nothing was recorded (then the remains are removed)."
     path = Path(path)
@@ -269,6 +282,7 @@ def finalize_partial(path: str | Path, truncated: bool = True, recovered: bool =
     path.unlink()
     return final
 
+# %% ../../nbs/02b_capture.ipynb #46236f32
 @dataclass
 class Recovered:
     "What crash recovery did with one partial recording."
@@ -287,7 +301,7 @@ def recover_episodes(out_dir: str | Path) -> list[Recovered]:
     for tmp in Path(out_dir).glob(".*.tmp"): tmp.unlink()         # temporary files of interrupted renames
     return out
 
-# %% ../../nbs/02b_capture.ipynb #99a3546f
+# %% ../../nbs/02b_capture.ipynb #cd35d8ed
 def _software() -> dict:
     return {"continuonbrain": continuonbrain.__version__, "python": platform.python_version(), "numpy": np.__version__}
 
@@ -295,20 +309,33 @@ def episode_id_for(backend: str, seed: int, index: int) -> str:
     "A simulated episode's id: the same backend, seed and index give the same id (and the same data)."
     return f"{backend}-s{seed}-e{index:04d}"
 
+def _episode_metadata(arm, episode_id: str, hz: float, start_wall: float, seed: int | None, robot_id: str,
+                      environment_id: str, owner: Owner | None) -> EpisodeMetadata:
+    "The metadata of an episode from backend `arm` that starts at `start_wall` (Unix time, s): a real arm's data is not PII-reviewed."
+    return EpisodeMetadata(SCHEMA_VERSION, episode_id, robot_id, "continuon-arm-5dof", environment_id,
+                           datetime.fromtimestamp(start_wall, timezone.utc).isoformat(timespec="milliseconds"),
+                           0.0, hz, list(arm.joint_names), list(arm.capabilities), owner or Owner("local-owner"),
+                           Safety(pii_reviewed=arm.source != "real", contains_faces=False, contains_voices=False, consent=True),
+                           Provenance(arm.source, f"continuonbrain.recording.arm_episode_recorder {continuonbrain.__version__}",
+                                      socket.gethostname(), truncated=False, recovered=False, anonymized=False, seed=seed),
+                           ["reach", arm.source], _software())
+
+# %% ../../nbs/02b_capture.ipynb #015f25d4
+def _step_media(w: EpisodeWriter, o: dict, i: int) -> tuple[MediaRef | None, MediaRef | None]:
+    "Write step `i`'s colour and depth frames, when the backend's observation `o` has them; their references (else None, None)."
+    if "camera" not in o: return None, None
+    camera = MediaRef(w.media_file("camera", i, png_bytes(o["camera"])), i, o["camera_ts"], CAM_W, CAM_H, "rgb8_png")
+    depth = MediaRef(w.media_file("depth", i, png_bytes(o["depth"])), i, o["camera_ts"] - 250_000, DEPTH_W, DEPTH_H, "depth16_png")
+    return camera, depth
+
+# %% ../../nbs/02b_capture.ipynb #30148892
 def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: str, seed: int | None = None,
                    realtime: bool = False, progress=None, robot_id: str = "sim-arm-0001",
                    environment_id: str = "sim-table", owner: Owner | None = None) -> Path:
     "Record one episode of `steps` steps from backend `arm`; returns the finalised episode path."
     period_ns = int(round(1e9 / hz))
     start_wall = time.time()
-    md = EpisodeMetadata(SCHEMA_VERSION, episode_id, robot_id, "continuon-arm-5dof", environment_id,
-                         datetime.fromtimestamp(start_wall, timezone.utc).isoformat(timespec="milliseconds"),
-                         0.0, hz, list(arm.joint_names), list(arm.capabilities), owner or Owner("local-owner"),
-                         Safety(pii_reviewed=arm.source != "real", contains_faces=False, contains_voices=False, consent=True),
-                         Provenance(arm.source, f"continuonbrain.recording.arm_episode_recorder {continuonbrain.__version__}",
-                                    socket.gethostname(), truncated=False, recovered=False, anonymized=False, seed=seed),
-                         ["reach", arm.source], _software())
-    w = EpisodeWriter(out_dir, md)
+    w = EpisodeWriter(out_dir, _episode_metadata(arm, episode_id, hz, start_wall, seed, robot_id, environment_id, owner))
     ctl = ScriptedController(arm)
     t0_mono, t0_sim = time.monotonic_ns(), 1_000_000_000
     try:
@@ -317,12 +344,10 @@ def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: 
             ts = time.monotonic_ns() if realtime else t0_sim + i * period_ns
             wall = int(start_wall * 1000) + (ts - (t0_mono if realtime else t0_sim)) // 1_000_000
             o = arm.observe(i, ts)
-            camera = depth = None
-            if "camera" in o:
-                camera = MediaRef(w.media_file("camera", i, png_bytes(o["camera"])), i, o["camera_ts"], CAM_W, CAM_H, "rgb8_png")
-                depth = MediaRef(w.media_file("depth", i, png_bytes(o["depth"])), i, o["camera_ts"] - 250_000, DEPTH_W, DEPTH_H, "depth16_png")
+            camera, depth = _step_media(w, o, i)
             action, reward = ctl.act(o["robot_state"].joint_positions, np.array(o["goal"]))
             obs = Observation(o["robot_state"], goal=o["goal"], camera=camera, depth=depth,
+                              glove=o.get("glove") or glove_placeholder(ts),      # no glove: a placeholder, valid false
                               language_instruction="reach the red target and grasp it")
             latency = (time.perf_counter() - t_start) * 1000 if realtime else 0.0
             w.add(Step(obs, action, reward, 1.0, i == 0, i == steps - 1, False, ts, wall,
@@ -337,7 +362,7 @@ def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: 
         raise
     return w.finish()
 
-# %% ../../nbs/02b_capture.ipynb #0740cb5e
+# %% ../../nbs/02b_capture.ipynb #e0d16cd8
 def record(output_dir: str | Path, episodes: int = 3, steps: int = 100, hz: float = 10.0, backend: str = "sim",
            seed: int = 0, realtime: bool = False, progress: bool = True) -> list[Path]:
     "Recover partial recordings in `output_dir`, then record `episodes` episodes; returns their paths."
@@ -360,7 +385,7 @@ def record(output_dir: str | Path, episodes: int = 3, steps: int = 100, hz: floa
     finally: bar.close()
     return paths
 
-# %% ../../nbs/02b_capture.ipynb #08b038c0
+# %% ../../nbs/02b_capture.ipynb #6f0c2564
 def main(output_dir: str = None,   # folder for the episodes (created); e.g. /opt/continuonos/brain/rlds/episodes
          episodes: int = 3,        # episodes to record
          steps: int = 100,         # steps per episode
@@ -384,6 +409,6 @@ def main(output_dir: str = None,   # folder for the episodes (created); e.g. /op
     print(f"recorded {len(paths)} episode(s), {len(paths) * steps} steps, in {output_dir}")
     return 0
 
-# %% ../../nbs/02b_capture.ipynb #96639cf5
+# %% ../../nbs/02b_capture.ipynb #b3d7f576
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.recording.arm_episode_recorder"))

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'SKEW_LIMIT_NS', 'JOINTS', 'SCHEMA_FILE', 'MediaRef', 'RobotState', 'Glove', 'Gaze', 'Audio',
            'Observation', 'Action', 'Diagnostics', 'Step', 'Owner', 'Safety', 'Provenance', 'EpisodeMetadata',
-           'Episode', 'Field', 'schema_fields', 'to_record', 'example_episode', 'json_schema', 'schema_text',
-           'schema_markdown', 'main']
+           'Episode', 'Field', 'schema_fields', 'to_record', 'glove_placeholder', 'example_episode', 'json_schema',
+           'schema_text', 'schema_markdown', 'main']
 
-# %% ../../nbs/02_rlds_schema.ipynb #dafa2a81
+# %% ../../nbs/02_rlds_schema.ipynb #0d5a9dc5
 import dataclasses, json, sys, typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import run_cli
 from .. import store
 
-# %% ../../nbs/02_rlds_schema.ipynb #31a346bf
+# %% ../../nbs/02_rlds_schema.ipynb #e3cbfd70
 SCHEMA_VERSION = "1.0"
 SKEW_LIMIT_NS = 5_000_000   # sensor timestamps within ±5 ms of the step
 JOINTS = "joints"           # symbolic array length: len(metadata.joint_names)
@@ -32,6 +32,7 @@ def _opt(doc: str, shape=None, enum=None):
     "An optional field (absent or null)."
     return _f(doc, shape, enum, default=None)
 
+# %% ../../nbs/02_rlds_schema.ipynb #7f423a95
 @dataclass
 class MediaRef:
     "A camera or depth frame stored beside the episode."
@@ -52,15 +53,17 @@ class RobotState:
     end_effector_pose: list[float] = _f("x, y, z (m) and orientation quaternion w, x, y, z", shape=7)
     gripper: float = _f("gripper opening, 0 closed to 1 open")
 
+# %% ../../nbs/02_rlds_schema.ipynb #4b5f9405
 @dataclass
 class Glove:
-    "A data glove worn by the teleoperator."
+    "A data glove worn by the teleoperator, or its placeholder in an episode recorded without one."
     timestamp_ns: int = _f("sample time on the monotonic clock (ns)")
     flex: list[float] = _f("finger flex sensors, thumb to little finger (0 straight, 1 bent)", shape=5)
     fsr: list[float] = _f("force-sensitive resistors (N)", shape=8)
     orientation_quat: list[float] = _f("hand orientation quaternion w, x, y, z", shape=4)
     accel: list[float] = _f("hand acceleration (m/s²)", shape=3)
-    valid: bool = _f("false when the glove dropped this sample (the values are then the last good ones)")
+    valid: bool = _f("false when the glove dropped this sample (the values are then the last good ones), "
+                     "and always false in a placeholder (no `glove` in `metadata.capabilities`)")
 
 @dataclass
 class Gaze:
@@ -78,6 +81,7 @@ class Audio:
     channels: int = _f("number of channels")
     num_samples: int = _f("samples per channel in the chunk")
 
+# %% ../../nbs/02_rlds_schema.ipynb #239e664f
 @dataclass
 class Observation:
     "What the robot perceived at the step."
@@ -90,6 +94,7 @@ class Observation:
     audio: Audio = _opt("audio chunk")
     language_instruction: str = _opt("the instruction the robot is following, in words")
 
+# %% ../../nbs/02_rlds_schema.ipynb #7af37d72
 @dataclass
 class Action:
     "The command sent to the robot after the observation."
@@ -105,6 +110,7 @@ class Diagnostics:
     cpu_temp_c: float = _opt("CPU temperature (°C)")
     messages: list[str] = _opt("free-text log lines (dropped from export bundles)")
 
+# %% ../../nbs/02_rlds_schema.ipynb #475d26fd
 @dataclass
 class Step:
     "One RLDS step: the observation, the action taken from it, and what followed."
@@ -119,6 +125,7 @@ class Step:
     wall_time_ms: int = _f("step time as Unix time (ms)")
     diagnostics: Diagnostics = _opt("recording loop diagnostics")
 
+# %% ../../nbs/02_rlds_schema.ipynb #8435ccff
 @dataclass
 class Owner:
     "Who owns the robot and the data."
@@ -146,6 +153,7 @@ class Provenance:
     anonymized: bool = _f("produced by the export pipeline's anonymizer")
     seed: int = _opt("random seed of a simulated or mock backend")
 
+# %% ../../nbs/02_rlds_schema.ipynb #b001a66c
 @dataclass
 class EpisodeMetadata:
     "Facts about the whole episode."
@@ -172,7 +180,7 @@ class Episode:
     metadata: EpisodeMetadata = _f("facts about the whole episode")
     steps: list[Step] = _f("the steps, in time order (at least one)")
 
-# %% ../../nbs/02_rlds_schema.ipynb #816c6e9c
+# %% ../../nbs/02_rlds_schema.ipynb #1c30cd6a
 @dataclass(frozen=True)
 class Field:
     "One field of a schema class, as the validator and the JSON Schema see it."
@@ -210,7 +218,7 @@ def schema_fields(cls) -> tuple[Field, ...]:
         _FIELDS[cls] = tuple(out)
     return _FIELDS[cls]
 
-# %% ../../nbs/02_rlds_schema.ipynb #caeb3800
+# %% ../../nbs/02_rlds_schema.ipynb #23f658f8
 def _round(x: float) -> float: return float(f"{x:.7g}")
 
 def to_record(obj):
@@ -224,12 +232,19 @@ def to_record(obj):
     if hasattr(obj, "tolist"): return to_record(obj.tolist())   # numpy arrays and scalars
     raise TypeError(f"cannot write {type(obj).__name__} into an episode record")
 
-# %% ../../nbs/02_rlds_schema.ipynb #5766f2d5
+# %% ../../nbs/02_rlds_schema.ipynb #7b457cc0
+def glove_placeholder(timestamp_ns: int,  # the step's timestamp, so the sample is within the skew limit
+                     ) -> Glove:
+    "The glove sample of a step recorded without a glove: neutral values, `valid` false."
+    return Glove(timestamp_ns, [0.0] * 5, [0.0] * 8, [1.0, 0.0, 0.0, 0.0], [0.0] * 3, valid=False)
+
+# %% ../../nbs/02_rlds_schema.ipynb #e33b46e3
 def example_episode(steps: int = 3,             # number of steps
                     episode_id: str = "example-0001",
                     joints: int = 6,            # joints of the arm
                     camera: bool = True,        # camera and depth references (the files are not written)
                     glove: bool = False, gaze: bool = False, audio: bool = False,
+                    placeholder: bool = False,  # without a glove: a glove placeholder on every step, as the recorder writes
                     language: str | None = "reach the red block",
                     hz: float = 10.0, t0_ns: int = 1_000_000_000) -> dict:
     "A valid episode record (a dict ready for JSON), with the optional sensors chosen."
@@ -245,7 +260,8 @@ def example_episode(steps: int = 3,             # number of steps
             goal=[0.25, 0.05, 0.1],
             camera=media("camera", "rgb8_png", 64, 64) if camera else None,
             depth=media("depth", "depth16_png", 32, 32) if camera else None,
-            glove=Glove(ts - 500_000, [0.1] * 5, [0.0] * 8, [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 9.81], True) if glove else None,
+            glove=Glove(ts - 500_000, [0.1] * 5, [0.0] * 8, [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 9.81], True) if glove
+                  else glove_placeholder(ts) if placeholder else None,
             gaze=Gaze(ts - 300_000, [0.0, 0.6, 0.8], 0.9) if gaze else None,
             audio=Audio(f"{episode_id}/audio/{i:06d}.wav", ts - 2_000_000, 16000, 1, 1600) if audio else None,
             language_instruction=language)
@@ -263,7 +279,7 @@ def example_episode(steps: int = 3,             # number of steps
                          ["example"], {"continuonbrain": "example"})
     return to_record(Episode(md, out))
 
-# %% ../../nbs/02_rlds_schema.ipynb #d5ef2ec4
+# %% ../../nbs/02_rlds_schema.ipynb #1d98ea8d
 _JSON_TYPES = {"number": "number", "integer": "integer", "boolean": "boolean", "string": "string"}
 
 def _field_schema(f: Field) -> dict:
@@ -303,7 +319,7 @@ def schema_text() -> str:
     "The JSON Schema file's exact text."
     return json.dumps(json_schema(), indent=1, ensure_ascii=False) + "\n"
 
-# %% ../../nbs/02_rlds_schema.ipynb #04d17ab3
+# %% ../../nbs/02_rlds_schema.ipynb #6e82cffc
 def _type_label(f: Field) -> str:
     base = f.cls.__name__ if f.cls else f.item if f.kind == "array" else f.kind
     if f.kind == "array": base = f"{base}[{f.shape if f.shape is not None else ''}]"
@@ -321,7 +337,7 @@ def schema_markdown() -> str:
         out.append("")
     return "\n".join(out)
 
-# %% ../../nbs/02_rlds_schema.ipynb #53a69123
+# %% ../../nbs/02_rlds_schema.ipynb #df4c8a3f
 def main(write: bool = False,  # write the package's episode.schema.json instead of printing
         ) -> int:
     "Print the episode JSON Schema, or write it into the package."
@@ -331,6 +347,6 @@ def main(write: bool = False,  # write the package's episode.schema.json instead
     else: sys.stdout.write(schema_text())
     return 0
 
-# %% ../../nbs/02_rlds_schema.ipynb #4bff3623
+# %% ../../nbs/02_rlds_schema.ipynb #f91f5c13
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.rlds.schema"))

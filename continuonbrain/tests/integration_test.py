@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['StageResult', 'run_stages', 'mock_stages', 'missing_hardware', 'real_stages', 'main']
 
-# %% ../../nbs/01c_integration_test.ipynb #9b719802
+# %% ../../nbs/01c_integration_test.ipynb #00e6e607
 import json, shutil, sys, tempfile, time, traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Callable
 from ..config import ContinuonError, run_cli
 from .. import hardware as hw, store
 
-# %% ../../nbs/01c_integration_test.ipynb #792774a9
+# %% ../../nbs/01c_integration_test.ipynb #c0b9cb25
 @dataclass
 class StageResult:
     "The outcome of one smoke stage."
@@ -37,7 +37,7 @@ def run_stages(stages: list[tuple[str, Callable[[], str]]], echo: bool = True) -
         out.append(res)
     return out
 
-# %% ../../nbs/01c_integration_test.ipynb #825b7cd9
+# %% ../../nbs/01c_integration_test.ipynb #4a011bf4
 def _expect(report, name, status):
     got = report.check(name)
     assert got.status == status, f"{name}: expected {status}, got {got.status} ({got.reason})"
@@ -77,7 +77,7 @@ def mock_stages(work: Path) -> list[tuple[str, Callable[[], str]]]:
     return [("probe this machine", probe_host), ("fixture Pi 5 + Hailo-8L", fixture_pi), ("fault detection", faults),
             ("step-timing alignment", timing), ("health and thermal advice", health), ("artefact store", artefacts)]
 
-# %% ../../nbs/01c_integration_test.ipynb #49c67d04
+# %% ../../nbs/01c_integration_test.ipynb #0e3ba2c0
 def missing_hardware(root: str | Path = "/") -> list[str]:
     "The parts `--real-hardware` needs that this machine lacks (empty when all are there)."
     model, h = hw.board_model(root), hw.hailo_info(root, identify=False)
@@ -109,7 +109,7 @@ def real_stages(root: str | Path, work: Path) -> list[tuple[str, Callable[[], st
         return f"{shot['camera']} via {shot['tool']}: {shot['bytes']} bytes of JPEG"
     return [("hardware checks", checks), ("Hailo identify", hailo), ("health", health), ("camera still", capture)]
 
-# %% ../../nbs/01c_integration_test.ipynb #10296c40
+# %% ../../nbs/01c_integration_test.ipynb #e4be00e6
 def main(real_hardware: bool = False,  # run on the robot's real devices (refuses when they are absent)
          root: str = "/",              # filesystem root to probe
          keep: bool = False,           # keep the temporary work folder
@@ -119,7 +119,7 @@ def main(real_hardware: bool = False,  # run on the robot's real devices (refuse
         missing = missing_hardware(root)
         if missing:
             print("refusing --real-hardware: this machine lacks " + "; ".join(missing), file=sys.stderr)
-            return 2
+            return 3
     work = Path(tempfile.mkdtemp(prefix="continuon-smoke-"))
     print(f"integration test ({'real hardware' if real_hardware else 'mock hardware'}), work folder {work}")
     try: results = run_stages(real_stages(root, work) if real_hardware else mock_stages(work))
@@ -129,6 +129,6 @@ def main(real_hardware: bool = False,  # run on the robot's real devices (refuse
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1
 
-# %% ../../nbs/01c_integration_test.ipynb #10e275cf
+# %% ../../nbs/01c_integration_test.ipynb #4a7e72b9
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.tests.integration_test"))

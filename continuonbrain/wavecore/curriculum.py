@@ -7,15 +7,16 @@ __all__ = ['PAD', 'BOS', 'SEP', 'EOS', 'TASK0', 'SYM0', 'N_SYM', 'PLUS', 'TIMES'
            'TASK_NAMES', 'Task', 'solve_prompt', 'get_task', 'encode', 'decode', 'split_example', 'max_len', 'Batch',
            'pack_rows', 'to_batch', 'Curriculum', 'random_baseline']
 
-# %% ../../nbs/10b_curriculum.ipynb #c56b3420
+# %% ../../nbs/10b_curriculum.ipynb #2fa5dcf8
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..config import ContinuonError
 
-# %% ../../nbs/10b_curriculum.ipynb #286bab39
+# %% ../../nbs/10b_curriculum.ipynb #a8946ad7
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 TASK0 = 4                  # task tokens: TASK0 + index in TASKS
 SYM0, N_SYM = 16, 32       # symbol v is token SYM0 + v
@@ -23,7 +24,7 @@ PLUS, TIMES, QUERY, BLANK = 48, 49, 50, 51
 VOCAB_SIZE = 64
 _NAMES = {PAD: "_", BOS: "<s>", SEP: "|", EOS: "</s>", PLUS: "+", TIMES: "×", QUERY: "?", BLANK: "."}
 
-# %% ../../nbs/10b_curriculum.ipynb #a30e1255
+# %% ../../nbs/10b_curriculum.ipynb #86eb3b21
 @dataclass(frozen=True)
 class Task:
     "One curriculum task: how to make an example at each level, and how to solve a prompt."
@@ -36,6 +37,7 @@ def _syms(rng, n, hi=N_SYM): return [int(v) for v in rng.integers(0, hi, n)]
 def _digits(n: int, width: int) -> list[int]: return [(n // 10 ** i) % 10 for i in range(width)]
 def _number(ds: list[int]) -> int: return sum(d * 10 ** i for i, d in enumerate(ds))
 
+# %% ../../nbs/10b_curriculum.ipynb #b23570ef
 def _make_continue(rng, p):
     shown, asked = p
     if rng.random() < 0.5:
@@ -55,6 +57,7 @@ def _solve_continue(prompt, asked=None):
         out.append(nxt(seq + out))
     return out
 
+# %% ../../nbs/10b_curriculum.ipynb #f98959ed
 def _make_add(rng, n):
     a, b = (int(v) for v in rng.integers(0, 10 ** n, 2))
     return _digits(a, n) + [PLUS] + _digits(b, n), _digits(a + b, n + 1)
@@ -70,6 +73,7 @@ def _running(prompt, op, m):
         out.append(acc)
     return out
 
+# %% ../../nbs/10b_curriculum.ipynb #2e3976d4
 def _make_recall(rng, k):
     half = N_SYM // 2                                        # keys from symbols 0..15, values from 16..31
     keys = [int(v) for v in rng.choice(half, k, replace=False)]
@@ -88,7 +92,7 @@ def _make_selcopy(rng, p):
     for w, v in zip(where, vals): prompt[int(w)] = v
     return prompt, vals
 
-# %% ../../nbs/10b_curriculum.ipynb #7b7fc4eb
+# %% ../../nbs/10b_curriculum.ipynb #50a43d2e
 def _task_list() -> list[Task]:
     same = lambda rng, n: (lambda s: (s, list(s)))(_syms(rng, n))
     return [
@@ -109,7 +113,7 @@ def _task_list() -> list[Task]:
 TASKS = _task_list()
 TASK_NAMES = [t.name for t in TASKS]
 
-# %% ../../nbs/10b_curriculum.ipynb #1c98cb31
+# %% ../../nbs/10b_curriculum.ipynb #8123f68b
 def solve_prompt(task: Task, prompt: list[int], answer_len: int) -> list[int]:
     "The correct answer to `prompt` (of length `answer_len`), computed from the prompt alone."
     if task.name == "continue": return _solve_continue(prompt, answer_len)
@@ -121,7 +125,7 @@ def get_task(name: str) -> Task:
         if t.name == name: return t
     raise ContinuonError(f"unknown curriculum task {name!r}: expected one of {', '.join(TASK_NAMES)}")
 
-# %% ../../nbs/10b_curriculum.ipynb #74aea1af
+# %% ../../nbs/10b_curriculum.ipynb #4ce1cfe6
 def encode(task: Task, prompt: list[int], answer: list[int]) -> list[int]:
     "`BOS TASK prompt SEP answer EOS` as tokens (symbols shifted to `SYM0 + v`, markers kept)."
     tok = lambda v: v if v >= PLUS else SYM0 + v
@@ -148,7 +152,7 @@ def split_example(tokens) -> tuple[Task, list[int], list[int]]:
     rest = rest[:rest.index(EOS)] if EOS in rest else rest
     return TASKS[toks[1] - TASK0], [val(t) for t in toks[2:sep]], [val(t) for t in rest]
 
-# %% ../../nbs/10b_curriculum.ipynb #162a5c99
+# %% ../../nbs/10b_curriculum.ipynb #d4f5b8cd
 def max_len(tasks=None, max_level: int = 4) -> int:
     "Tokens in the longest example of `tasks` up to `max_level` (prompts and answers have fixed lengths per level)."
     rng, n = np.random.default_rng(0), 0
@@ -157,7 +161,7 @@ def max_len(tasks=None, max_level: int = 4) -> int:
             n = max(n, len(encode(t, *t.make(rng, p))))
     return n
 
-# %% ../../nbs/10b_curriculum.ipynb #a9735654
+# %% ../../nbs/10b_curriculum.ipynb #f08cc5cb
 @dataclass
 class Batch:
     "A batch of examples: next-token `inputs`/`targets`, the answer `mask`, and each row's task index and level (0-based); packed rows also carry `segments` (one id per example), and then `task` and `level` are per position (-1 on padding)."
@@ -173,6 +177,7 @@ class Batch:
         return d if self.segments is None else {**d, "segments": self.segments}
     def __len__(self): return len(self.inputs)
 
+# %% ../../nbs/10b_curriculum.ipynb #f3e0bcb0
 def pack_rows(rows: list[list[tuple[list[int], int, int]]], seq_len: int) -> Batch:
     "Rows of encoded examples (`(tokens, task, level)` each), laid end to end and padded to `seq_len + 1` tokens: inputs, targets, the answer mask, segment ids (the examples of a row 0, 1, ..., its padding one more) and each position's task and level."
     n = len(rows)
@@ -195,7 +200,7 @@ def to_batch(seqs: list[list[int]], tasks, levels, seq_len: int) -> Batch:
     b = pack_rows([[(s, t, lv)] for s, t, lv in zip(seqs, tasks, levels)], seq_len)
     return Batch(b.inputs, b.targets, b.mask, np.asarray(tasks, np.int32), np.asarray(levels, np.int32))
 
-# %% ../../nbs/10b_curriculum.ipynb #f4e8f391
+# %% ../../nbs/10b_curriculum.ipynb #b4be4384
 class Curriculum:
     "Deterministic training batches (a function of the step) with levels and replay, and a disjoint hold-out set; `pack` lays several examples end to end in each training row; the `lead` tasks are trained alone for the first `lead_steps` steps."
     def __init__(self, tasks=None, seed: int = 0, batch_size: int = 32, seq_len: int | None = None,
@@ -223,108 +228,125 @@ class Curriculum:
                                      for _ in range(holdout_per_level)]
         self._held = {tuple(s) for v in self._holdout.values() for s, _ in v}
 
-    def _draw(self, t: Task, rng: np.random.Generator, lv: int) -> list[int]:
-        "One encoded example of task `t` at level `lv` that is not a hold-out sequence."
-        s = encode(t, *t.make(rng, t.levels[lv]))
-        while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
-        return s
+# %% ../../nbs/10b_curriculum.ipynb #0e20f1f1
+@patch
+def _draw(self: Curriculum, t: Task, rng: np.random.Generator, lv: int) -> list[int]:
+    "One encoded example of task `t` at level `lv` that is not a hold-out sequence."
+    s = encode(t, *t.make(rng, t.levels[lv]))
+    while tuple(s) in self._held: s = encode(t, *t.make(rng, t.levels[lv]))
+    return s
 
-    def active(self, step: int) -> np.ndarray:
-        "Which tasks are trained at `step` (all of them, once the lead is over)."
-        return step >= self.start
+@patch
+def active(self: Curriculum, step: int) -> np.ndarray:
+    "Which tasks are trained at `step` (all of them, once the lead is over)."
+    return step >= self.start
 
-    def levels(self, step: int) -> np.ndarray:
-        "The level (0-based) each task is learning at `step`, counted from when the task joined."
-        return np.minimum(self.max_level - 1, np.maximum(0, step - self.start) // self.level_steps)
+@patch
+def levels(self: Curriculum, step: int) -> np.ndarray:
+    "The level (0-based) each task is learning at `step`, counted from when the task joined."
+    return np.minimum(self.max_level - 1, np.maximum(0, step - self.start) // self.level_steps)
 
-    def level(self, step: int) -> int:
-        "The highest level (0-based) being learnt at `step`."
-        return int(self.levels(step)[self.active(step)].max())
+@patch
+def level(self: Curriculum, step: int) -> int:
+    "The highest level (0-based) being learnt at `step`."
+    return int(self.levels(step)[self.active(step)].max())
 
-    def mix(self, step: int) -> np.ndarray:
-        "The default share of each (task, level) cell at `step`, `[tasks, max_level]`: the tasks trained at `step` alike, each task's current level `1 - replay`, its earlier levels `replay` between them."
-        w, on = np.zeros((len(self.tasks), self.max_level)), self.active(step)
-        for i, top in enumerate(self.levels(step)):
-            if not on[i]: continue
-            if top == 0: w[i, 0] = 1.0
-            else: w[i, top], w[i, :top] = 1.0 - self.replay, self.replay / top
-        return w / on.sum()
+# %% ../../nbs/10b_curriculum.ipynb #2d8998e4
+@patch
+def mix(self: Curriculum, step: int) -> np.ndarray:
+    "The default share of each (task, level) cell at `step`, `[tasks, max_level]`: the tasks trained at `step` alike, each task's current level `1 - replay`, its earlier levels `replay` between them."
+    w, on = np.zeros((len(self.tasks), self.max_level)), self.active(step)
+    for i, top in enumerate(self.levels(step)):
+        if not on[i]: continue
+        if top == 0: w[i, 0] = 1.0
+        else: w[i, top], w[i, :top] = 1.0 - self.replay, self.replay / top
+    return w / on.sum()
 
-    def focus(self, step: int, errors, focus: float) -> np.ndarray:
-        "Cell shares that spend `focus` of each batch on cells in proportion to their `errors` (`[tasks, max_level]`, e.g. 1 - exact match on `probe`), the rest as `mix`; only levels reached so far."
-        base = self.mix(step)
-        if not 0 <= focus <= 1: raise ContinuonError(f"focus must be in [0, 1], got {focus}")
-        e = np.asarray(errors, np.float64)
-        if e.shape != base.shape or not np.isfinite(e).all():
-            raise ContinuonError(f"errors must be finite numbers shaped {base.shape} (tasks x levels), got {e.shape}")
-        reached = (np.arange(self.max_level)[None] <= self.levels(step)[:, None]) & self.active(step)[:, None]
-        e = np.where(reached, np.clip(e, 0.0, 1.0), 0.0)
-        return base if focus == 0 or e.sum() == 0 else (1 - focus) * base + focus * e / e.sum()
+@patch
+def focus(self: Curriculum, step: int, errors, focus: float) -> np.ndarray:
+    "Cell shares that spend `focus` of each batch on cells in proportion to their `errors` (`[tasks, max_level]`, e.g. 1 - exact match on `probe`), the rest as `mix`; only levels reached so far."
+    base = self.mix(step)
+    if not 0 <= focus <= 1: raise ContinuonError(f"focus must be in [0, 1], got {focus}")
+    e = np.asarray(errors, np.float64)
+    if e.shape != base.shape or not np.isfinite(e).all():
+        raise ContinuonError(f"errors must be finite numbers shaped {base.shape} (tasks x levels), got {e.shape}")
+    reached = (np.arange(self.max_level)[None] <= self.levels(step)[:, None]) & self.active(step)[:, None]
+    e = np.where(reached, np.clip(e, 0.0, 1.0), 0.0)
+    return base if focus == 0 or e.sum() == 0 else (1 - focus) * base + focus * e / e.sum()
 
-    def _examples(self, step: int, weights):
-        "The stream of training examples `(tokens, task index, level)` of `step`, drawn from the mix or from `weights`."
-        rng = np.random.default_rng([self.seed, 0, step])
-        tops, on = self.levels(step), np.flatnonzero(self.active(step))
-        if weights is not None:
-            p = np.asarray(weights, np.float64)
-            if p.shape != (len(self.tasks), self.max_level) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
-                raise ContinuonError(f"weights must be non-negative, finite, not all zero and shaped ({len(self.tasks)}, {self.max_level}); got {p.shape}")
-            p = (p / p.sum()).ravel()
-        cells = []
-        while True:
-            if weights is None:
-                k = on[int(rng.integers(len(on)))]
-                t, top = self.tasks[k], int(tops[k])
-                lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
-            else:
-                if not cells: cells = list(rng.choice(p.size, size=self.batch_size, p=p))[::-1]
-                c = int(cells.pop()); t, lv = self.tasks[c // self.max_level], c % self.max_level
-            yield self._draw(t, rng, lv), TASKS.index(t), lv
+# %% ../../nbs/10b_curriculum.ipynb #5d50ccf9
+@patch
+def _examples(self: Curriculum, step: int, weights):
+    "The stream of training examples `(tokens, task index, level)` of `step`, drawn from the mix or from `weights`."
+    rng = np.random.default_rng([self.seed, 0, step])
+    tops, on = self.levels(step), np.flatnonzero(self.active(step))
+    if weights is not None:
+        p = np.asarray(weights, np.float64)
+        if p.shape != (len(self.tasks), self.max_level) or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+            raise ContinuonError(f"weights must be non-negative, finite, not all zero and shaped ({len(self.tasks)}, {self.max_level}); got {p.shape}")
+        p = (p / p.sum()).ravel()
+    cells = []
+    while True:
+        if weights is None:
+            k = on[int(rng.integers(len(on)))]
+            t, top = self.tasks[k], int(tops[k])
+            lv = int(rng.integers(0, top)) if top > 0 and rng.random() < self.replay else top
+        else:
+            if not cells: cells = list(rng.choice(p.size, size=self.batch_size, p=p))[::-1]
+            c = int(cells.pop()); t, lv = self.tasks[c // self.max_level], c % self.max_level
+        yield self._draw(t, rng, lv), TASKS.index(t), lv
 
-    def batch(self, step: int, weights=None) -> Batch:
-        "The training batch of `step` (the same for the same seed, step and `weights`, whatever came before); `weights` (`[tasks, max_level]`, e.g. from `focus`) sets each cell's share. Packed, each row takes examples while they fit (the one that does not starts the next row)."
-        examples = self._examples(step, weights)
-        if not self.pack:
-            seqs, tasks, levels = zip(*(next(examples) for _ in range(self.batch_size)))
-            return to_batch(list(seqs), tasks, levels, self.seq_len)
-        rows, row, used = [], [], 0
-        for ex in examples:
-            if used + len(ex[0]) > self.seq_len + 1:
-                rows.append(row); row, used = [], 0
-                if len(rows) == self.batch_size: break
-            row.append(ex); used += len(ex[0])
-        return pack_rows(rows, self.seq_len)
+# %% ../../nbs/10b_curriculum.ipynb #f1a41999
+@patch
+def batch(self: Curriculum, step: int, weights=None) -> Batch:
+    "The training batch of `step` (the same for the same seed, step and `weights`, whatever came before); `weights` (`[tasks, max_level]`, e.g. from `focus`) sets each cell's share. Packed, each row takes examples while they fit (the one that does not starts the next row)."
+    examples = self._examples(step, weights)
+    if not self.pack:
+        seqs, tasks, levels = zip(*(next(examples) for _ in range(self.batch_size)))
+        return to_batch(list(seqs), tasks, levels, self.seq_len)
+    rows, row, used = [], [], 0
+    for ex in examples:
+        if used + len(ex[0]) > self.seq_len + 1:
+            rows.append(row); row, used = [], 0
+            if len(rows) == self.batch_size: break
+        row.append(ex); used += len(ex[0])
+    return pack_rows(rows, self.seq_len)
 
-    def batches(self, start: int = 0):
-        "Training batches from `start` on, as dicts for `fit`."
-        step = start
-        while True:
-            yield self.batch(step).as_dict()
-            step += 1
+@patch
+def batches(self: Curriculum, start: int = 0):
+    "Training batches from `start` on, as dicts for `fit`."
+    step = start
+    while True:
+        yield self.batch(step).as_dict()
+        step += 1
 
-    def probe(self, per_level: int = 32) -> Batch:
-        "Fresh examples of the training distribution, `per_level` of every task and level (never hold-out sequences): what `focus` steers by, so the hold-out set is never used to steer."
-        seqs, tasks, levels = [], [], []
-        for t in self.tasks:
-            rng = np.random.default_rng([self.seed, 2, TASKS.index(t)])
-            for lv in range(self.max_level):
-                for _ in range(per_level):
-                    seqs.append(self._draw(t, rng, lv)); tasks.append(TASKS.index(t)); levels.append(lv)
-        return to_batch(seqs, tasks, levels, self.seq_len)
+# %% ../../nbs/10b_curriculum.ipynb #2f7c1cee
+@patch
+def probe(self: Curriculum, per_level: int = 32) -> Batch:
+    "Fresh examples of the training distribution, `per_level` of every task and level (never hold-out sequences): what `focus` steers by, so the hold-out set is never used to steer."
+    seqs, tasks, levels = [], [], []
+    for t in self.tasks:
+        rng = np.random.default_rng([self.seed, 2, TASKS.index(t)])
+        for lv in range(self.max_level):
+            for _ in range(per_level):
+                seqs.append(self._draw(t, rng, lv)); tasks.append(TASKS.index(t)); levels.append(lv)
+    return to_batch(seqs, tasks, levels, self.seq_len)
 
-    def holdout(self, task: str | None = None) -> Batch:
-        "The hold-out examples of one task (or all), every level."
-        names = [task] if task else [t.name for t in self.tasks]
-        rows = [(s, TASK_NAMES.index(n), lv) for n in names for s, lv in self._holdout[n]]
-        return to_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], self.seq_len)
+@patch
+def holdout(self: Curriculum, task: str | None = None) -> Batch:
+    "The hold-out examples of one task (or all), every level."
+    names = [task] if task else [t.name for t in self.tasks]
+    rows = [(s, TASK_NAMES.index(n), lv) for n in names for s, lv in self._holdout[n]]
+    return to_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], self.seq_len)
 
-    def overlap(self, batch: Batch) -> int:
-        "How many examples in `batch` (one a row, or packed) are hold-out sequences."
-        full = np.concatenate([batch.inputs[:, :1], batch.targets], axis=1)
-        return sum(tuple(int(v) for v in row[a:a + np.flatnonzero(row[a:] == EOS)[0] + 1]) in self._held
-                   for row in full for a in np.flatnonzero(row == BOS))
+@patch
+def overlap(self: Curriculum, batch: Batch) -> int:
+    "How many examples in `batch` (one a row, or packed) are hold-out sequences."
+    full = np.concatenate([batch.inputs[:, :1], batch.targets], axis=1)
+    return sum(tuple(int(v) for v in row[a:a + np.flatnonzero(row[a:] == EOS)[0] + 1]) in self._held
+               for row in full for a in np.flatnonzero(row == BOS))
 
-# %% ../../nbs/10b_curriculum.ipynb #179c6083
+# %% ../../nbs/10b_curriculum.ipynb #de5bfb59
 def random_baseline(task: str, max_level: int = 4) -> float:
     "Expected per-token accuracy of uniform guessing among the task's answer values (EOS counted as right), over levels 1..max_level."
     n_values = {"modsum": 10, "add": 10, "parity": 2, "recall": N_SYM // 2}.get(task, N_SYM)

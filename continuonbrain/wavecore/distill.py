@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TeacherUnavailable', 'Teacher', 'shift_rule', 'MockTeacher', 'ModelTeacher', 'HttpLLMTeacher']
 
-# %% ../../nbs/10f_distill.ipynb #96a54b4f
+# %% ../../nbs/10f_distill.ipynb #c24377fe
 import json, math, urllib.error, urllib.request
 
 import numpy as np
@@ -14,7 +14,7 @@ from ..config import ContinuonError
 from . import curriculum as cur
 from .model import WaveCore
 
-# %% ../../nbs/10f_distill.ipynb #1b6ebd78
+# %% ../../nbs/10f_distill.ipynb #3c8ec29d
 class TeacherUnavailable(ContinuonError):
     "The teacher cannot be reached or used; the message says what was tried."
 
@@ -25,7 +25,7 @@ class Teacher:
     def logits(self, batch: dict) -> np.ndarray:
         raise NotImplementedError
 
-# %% ../../nbs/10f_distill.ipynb #b3a39ead
+# %% ../../nbs/10f_distill.ipynb #1a283959
 def shift_rule(k: int):
     "A rule for `MockTeacher`: symbol v becomes v + k (mod 32); other tokens stay."
     def rule(t: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ class MockTeacher(Teacher):
         np.put_along_axis(out, t[..., None], self.confidence, axis=-1)
         return out * np.asarray(batch["mask"], np.float32)[..., None]
 
-# %% ../../nbs/10f_distill.ipynb #7c588e89
+# %% ../../nbs/10f_distill.ipynb #64b5d27c
 class ModelTeacher(Teacher):
     "A trained WaveCore teaching another (its vocabulary must match the student's)."
     def __init__(self, model: WaveCore):
@@ -58,7 +58,7 @@ class ModelTeacher(Teacher):
         seg = batch.get("segments")                       # packed rows: the teacher sees each example on its own too
         return np.asarray(self._f(self.params, np.asarray(batch["inputs"], np.int32), None if seg is None else np.asarray(seg, np.int32)))
 
-# %% ../../nbs/10f_distill.ipynb #96ea46cf
+# %% ../../nbs/10f_distill.ipynb #9044e8ea
 class HttpLLMTeacher(Teacher):
     "Soft labels from an LLM behind an OpenAI-compatible `/v1/completions` endpoint (e.g. Gemma in Ollama)."
     def __init__(self, url: str = "http://127.0.0.1:11434/v1/completions", model: str = "gemma3:1b",

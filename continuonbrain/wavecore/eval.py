@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['curriculum_of', 'holdout_table', 'plot_holdout', 'main']
 
-# %% ../../nbs/10d_wavecore_eval.ipynb #bce0d066
-import sys
+# %% ../../nbs/10d_wavecore_eval.ipynb #3324fc9f
+import dataclasses, sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +14,14 @@ import numpy as np
 from ..config import ContinuonError, run_cli
 from .. import store
 from . import curriculum as cur
-from .train import evaluate_tasks, load_model
+from .train import SeedSettings, evaluate_tasks, load_model
 
-# %% ../../nbs/10d_wavecore_eval.ipynb #e3379365
+# %% ../../nbs/10d_wavecore_eval.ipynb #33eef18f
 def curriculum_of(train_dir: str | Path) -> cur.Curriculum:
     "The curriculum (seed, tasks, levels) a `seed_train` run trained on, read from its metrics."
     s = store.read_json(Path(train_dir)/"metrics.json")["settings"]
-    return cur.Curriculum(tasks=[t for t in s["tasks"].split(",") if t] or None, seed=s["seed"], batch_size=s["batch_size"],
-                          level_steps=s["level_steps"], replay=s["replay"], max_level=s["max_level"])
+    known = {f.name for f in dataclasses.fields(SeedSettings)}
+    return SeedSettings(**{k: v for k, v in s.items() if k in known}).curriculum()
 
 def holdout_table(results: dict) -> str:
     "A Markdown table of `evaluate_tasks` results."
@@ -50,7 +50,7 @@ def plot_holdout(results: dict, title: str = "hold-out accuracy per task", path:
     if path: store.write_figure(path, fig, close=True)
     return fig
 
-# %% ../../nbs/10d_wavecore_eval.ipynb #4b07d6a8
+# %% ../../nbs/10d_wavecore_eval.ipynb #f991731e
 def main(train_dir: str = "",   # a seed_train --out folder
         ) -> int:
     "Evaluate a seed_train run's latest checkpoint on its hold-out set; print the table, write eval.json and eval.png."
@@ -61,6 +61,6 @@ def main(train_dir: str = "",   # a seed_train --out folder
     print(holdout_table(res))
     return 0
 
-# %% ../../nbs/10d_wavecore_eval.ipynb #b8373cfa
+# %% ../../nbs/10d_wavecore_eval.ipynb #226671ca
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.eval"))

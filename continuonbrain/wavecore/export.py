@@ -7,7 +7,7 @@ __all__ = ['ONNX_OPSET', 'FORBIDDEN_ONNX', 'FORBIDDEN_TFLITE', 'ExportError', 'f
            'OnnxStep', 'export_tflite', 'tflite_ops', 'TFLiteStep', 'rollout_diff', 'runner_latency', 'latency_report',
            'export_run', 'main']
 
-# %% ../../nbs/10e_wavecore_export.ipynb #bdf1ec45
+# %% ../../nbs/10e_wavecore_export.ipynb #816e1ce3
 import os, sys
 from pathlib import Path
 
@@ -17,12 +17,12 @@ from ..config import ContinuonError, run_cli
 from .. import store
 from .model import WaveCore, time_calls
 
-# %% ../../nbs/10e_wavecore_export.ipynb #2aa3cd9c
+# %% ../../nbs/10e_wavecore_export.ipynb #36c0fc49
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# %% ../../nbs/10e_wavecore_export.ipynb #1ef8b8b2
+# %% ../../nbs/10e_wavecore_export.ipynb #ce4bfa5a
 ONNX_OPSET = 17
 FORBIDDEN_ONNX = {"DFT", "STFT", "Loop", "Scan", "If"}              # ops a step graph must not contain
 FORBIDDEN_TFLITE = {"RFFT2D", "WHILE", "IF", "CALL_ONCE", "FLEX"}
@@ -44,7 +44,7 @@ def state_names(n: int) -> list[str]:
     "Input names of the exported graphs: `x`, then `s0..s{n-1}`."
     return ["x"] + [f"s{i}" for i in range(n)]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #358b7368
+# %% ../../nbs/10e_wavecore_export.ipynb #e3efa421
 def export_onnx(model: WaveCore, path: str | Path, batch_size: int = 1, opset: int = ONNX_OPSET) -> Path:
     "Write the step function as an ONNX model (atomically) and check it has no FFT, scan or loop operators."
     from jax2onnx import to_onnx
@@ -57,7 +57,7 @@ def export_onnx(model: WaveCore, path: str | Path, batch_size: int = 1, opset: i
     store.write_bytes(path, proto.SerializeToString())
     return Path(path)
 
-# %% ../../nbs/10e_wavecore_export.ipynb #29e3ebc3
+# %% ../../nbs/10e_wavecore_export.ipynb #1660becf
 class OnnxStep:
     "Run an exported ONNX step with onnxruntime: `init_state()`, `step(state, x) -> (state, logits)`."
     def __init__(self, path: str | Path, threads: int = 1):
@@ -74,7 +74,7 @@ class OnnxStep:
         out = self.sess.run(None, dict(zip(self.inputs, [np.asarray(x, np.int32)] + list(state))))
         return out[1:], out[0]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #2546182e
+# %% ../../nbs/10e_wavecore_export.ipynb #2562fccc
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -121,7 +121,7 @@ class TFLiteStep:
         out = [self.it.get_tensor(i) for i in self.out]
         return out[1:], out[0]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #35b89e03
+# %% ../../nbs/10e_wavecore_export.ipynb #ab484ede
 def rollout_diff(model: WaveCore, runner, tokens: np.ndarray) -> float:
     "Largest absolute logit difference between JAX step mode and `runner` over `tokens` `[T, B]`, state carried by each."
     f, specs, init = flat_step(model, tokens.shape[1])
@@ -143,7 +143,7 @@ def runner_latency(runner, n: int = 2000) -> np.ndarray:
         state, _ = runner.step(state, x)
     return time_calls(call, n)
 
-# %% ../../nbs/10e_wavecore_export.ipynb #2e879af3
+# %% ../../nbs/10e_wavecore_export.ipynb #00f60267
 def latency_report(model: WaveCore, folder: str | Path, n: int = 2000) -> list[dict]:
     "Export `model` into `folder` and measure step latency (p50, p99, ms) for JAX, LiteRT and onnxruntime."
     from continuonbrain.wavecore.model import step_fn
@@ -155,7 +155,7 @@ def latency_report(model: WaveCore, folder: str | Path, n: int = 2000) -> list[d
     rows.append(("onnxruntime", runner_latency(OnnxStep(export_onnx(model, folder/"step.onnx")), n)))
     return [{"runtime": r, "p50_ms": float(np.median(t) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3)} for r, t in rows]
 
-# %% ../../nbs/10e_wavecore_export.ipynb #5e1e073c
+# %% ../../nbs/10e_wavecore_export.ipynb #4b293d47
 def export_run(train_dir: str | Path, out: str | Path, rollout: int = 100, tolerance: float = 1e-4, seed: int = 0) -> dict:
     "Export the model of a `seed_train` run to ONNX and TFLite in `out`, verified over a `rollout`-step rollout."
     from continuonbrain.wavecore.train import load_model
@@ -185,6 +185,6 @@ def main(train_dir: str = "",       # a seed_train --out folder (its latest chec
         print(f"{name:12s} {r['bytes'] / 1e6:7.2f} MB  max |diff| over {rollout} steps {r['max_abs_diff']:.1e}")
     return 0
 
-# %% ../../nbs/10e_wavecore_export.ipynb #dd7f3899
+# %% ../../nbs/10e_wavecore_export.ipynb #187bf494
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.export"))

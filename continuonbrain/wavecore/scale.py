@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['grow', 'repeat_batch', 'measure_stage', 'scale', 'plot_scale', 'main']
 
-# %% ../../nbs/10h_scale.ipynb #ce93ac0c
+# %% ../../nbs/10h_scale.ipynb #fa09dadc
 import dataclasses, gc, math, sys, time
 from pathlib import Path
 
@@ -15,11 +15,11 @@ from ..config import ContinuonError, run_cli
 from .. import store
 from .model import WaveCoreConfig, create_model
 
-# %% ../../nbs/10h_scale.ipynb #903bf3d4
+# %% ../../nbs/10h_scale.ipynb #0ffa07b7
 import jax
 from flax import nnx
 
-# %% ../../nbs/10h_scale.ipynb #8d2c91bc
+# %% ../../nbs/10h_scale.ipynb #7dacfc66
 def grow(cfg: WaveCoreConfig, batch: int, dim: str) -> tuple[WaveCoreConfig, int]:
     "One growth step of `dim` (width, depth, seq or batch)."
     if dim == "width":
@@ -38,11 +38,12 @@ def repeat_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int)
     mask = np.zeros((batch, seq_len), np.float32); mask[:, half - 1:] = 1.0
     return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "mask": mask}
 
-# %% ../../nbs/10h_scale.ipynb #06676198
+# %% ../../nbs/10h_scale.ipynb #4465491a
 def measure_stage(cfg: WaveCoreConfig, batch: int, steps: int, budget_gb: float, learning_rate: float = 1e-3, seed: int = 0) -> dict:
     "Predict a stage's memory; if it fits the budget, train `steps` steps and measure it. Never allocates past the budget."
-    from continuonbrain.wavecore.train import (GB, check_budget, compiled_bytes, make_optimizer, make_train_step,
-                                               over_budget, param_bytes, peak_rss_bytes, rss_bytes, MemoryBudgetError)
+    from continuonbrain.training import (GB, MemoryBudgetError, check_budget, compiled_bytes, make_optimizer, over_budget,
+                                         peak_rss_bytes, rss_bytes)
+    from continuonbrain.wavecore.train import make_train_step, param_bytes
     row = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "seq_len": cfg.seq_len, "batch": batch}
     pb = param_bytes(cfg)
     row["params_m"] = round(pb / 4 / 1e6, 2)
@@ -90,7 +91,7 @@ def scale(budget_gb: float = 6.0, start: WaveCoreConfig | None = None, batch: in
         cfg, batch = grow(cfg, batch, order[i % len(order)])
     return {"budget_gb": budget_gb, "stages": rows, "largest": best, "stopped_by": rows[-1]["status"]}
 
-# %% ../../nbs/10h_scale.ipynb #0e60fb57
+# %% ../../nbs/10h_scale.ipynb #ebc10984
 def plot_scale(res: dict, path: str | Path | None = None):
     "Step time and peak RSS per stage, with the budget line."
     import matplotlib
@@ -131,6 +132,6 @@ def main(memory_budget_gb: float = 6.0,  # the budget no stage may cross
         print(f"no stage was stable ({len(res['stages'])} tried; see {Path(out)/'scale.json'})"); return 1
     return 0
 
-# %% ../../nbs/10h_scale.ipynb #d46514d4
+# %% ../../nbs/10h_scale.ipynb #8f7bf398
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.wavecore.scale"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from continuonbrain.recording.arm_episode_recorder import record  # noqa: E402
-from continuonbrain.jax_models.data.tfrecord_converter import convert, _tf  # noqa: E402
+from continuonbrain.jax_models.data.tfrecord_converter import convert, import_tf  # noqa: E402
 
 
 def best(f, repeat):
@@ -33,7 +33,7 @@ def main():
     files = sorted(src.glob("*.json"))
     mb = sum(f.stat().st_size for f in files) / 1e6
     steps = a.episodes * a.steps
-    _tf()    # TensorFlow's import is not conversion work
+    import_tf()    # TensorFlow's import is not conversion work
     floor, _ = best(lambda: [json.loads(f.read_bytes()) for f in files], a.repeat)
     conv, _ = best(lambda: convert(src, work/"out", compress=True, rlds=False, progress=False), a.repeat)
     rlds, _ = best(lambda: convert(src, work/"out_rlds", compress=True, rlds=True, progress=False), 1)

@@ -20,10 +20,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from continuonbrain.jax_models.core_model import PRESETS, CoreModelConfig, create_policy, random_batch  # noqa: E402
-from continuonbrain.jax_models.train.cloud.tpu_train import make_mesh, state_shardings  # noqa: E402
-from continuonbrain.jax_models.train.local_sanity_check import make_policy_step  # noqa: E402
-from continuonbrain.wavecore.train import make_optimizer  # noqa: E402
+from continuonbrain.jax_models.core_model import PRESETS, CoreModelConfig, create_policy, make_policy_step, random_batch  # noqa: E402
+from continuonbrain.jax_models.policy_train import make_mesh, state_shardings  # noqa: E402
+from continuonbrain.training import make_optimizer  # noqa: E402
 
 
 def steps_per_s(preset: str, batch: int, window: int, devices: int, shard: bool = False, windows: int = 5,

@@ -26,7 +26,8 @@ import jax
 from flax import nnx
 
 from continuonbrain.wavecore.model import WaveCoreConfig, create_model, format_rows
-from continuonbrain.wavecore.train import cpu_devices, data_mesh, make_optimizer, make_train_step, on_mesh
+from continuonbrain.training import make_optimizer
+from continuonbrain.wavecore.train import cpu_devices, data_mesh, make_train_step, on_mesh
 
 HERE = Path(__file__).parent
 

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['OBS_DIM', 'ACTION_DIM', 'INFO_VERSION', 'RLDS_NAME', 'RLDS_VERSION', 'feature_layout', 'layout_size',
-           'ConversionError', 'EpisodeArrays', 'episode_arrays', 'episode_example', 'parse_episode', 'norm_stats',
-           'ConversionResult', 'split_files', 'convert', 'write_rlds', 'dataset_info', 'read_episodes', 'load_dataset',
-           'main']
+           'ConversionError', 'EpisodeArrays', 'episode_arrays', 'import_tf', 'episode_example', 'parse_episode',
+           'norm_stats', 'ConversionResult', 'split_files', 'convert', 'write_rlds', 'dataset_info', 'check_dims',
+           'read_episodes', 'load_dataset', 'main']
 
-# %% ../../../nbs/03_tfrecord.ipynb #2c1c1ccb
+# %% ../../../nbs/03_tfrecord.ipynb #a40ddd3c
 import hashlib, math, os, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from ... import store
 from ...rlds.schema import SCHEMA_VERSION
 from ...rlds.validators import EpisodeReadError, episode_files, read_episode, validate_episode
 
-# %% ../../../nbs/03_tfrecord.ipynb #516c6d31
+# %% ../../../nbs/03_tfrecord.ipynb #b228adc5
 OBS_DIM, ACTION_DIM = 128, 32
 INFO_VERSION = 1
 
@@ -44,7 +44,7 @@ def layout_size(layout: dict) -> int:
 class ConversionError(ContinuonError):
     "Episodes that cannot be converted; the message carries the validator's report."
 
-# %% ../../../nbs/03_tfrecord.ipynb #216022a5
+# %% ../../../nbs/03_tfrecord.ipynb #8a0d4cb3
 @dataclass
 class EpisodeArrays:
     "One episode as arrays (unpadded), ready to serialise."
@@ -73,7 +73,7 @@ def episode_arrays(ep: dict, file: str = "", media_root: str | Path | None = Non
              f32([r["end_effector_pose"] for r in rs]), f32([[r["gripper"]] for r in rs])]
     goals = [o.get("goal") for o in obs]
     parts += [f32([g or _Z[3] for g in goals]), f32([[g is not None] for g in goals])]
-    gl = [o.get("glove") for o in obs]
+    gl = [o.get("glove") for o in obs] if "glove" in ep["metadata"].get("capabilities", ["glove"]) else []   # placeholders carry no data
     if any(gl):
         parts += [f32([g["flex"] if g else _Z[5] for g in gl]), f32([g["fsr"] if g else _Z[8] for g in gl]),
                   f32([g["orientation_quat"] if g else _Z[4] for g in gl]), f32([g["accel"] if g else _Z[3] for g in gl]),
@@ -94,8 +94,9 @@ def episode_arrays(ep: dict, file: str = "", media_root: str | Path | None = Non
                          np.array([s["is_terminal"] for s in steps]), np.array([s["timestamp_ns"] for s in steps], np.int64),
                          [o.get("language_instruction") or "" for o in obs], pngs)
 
-# %% ../../../nbs/03_tfrecord.ipynb #900b4c3f
-def _tf():
+# %% ../../../nbs/03_tfrecord.ipynb #a58a4b0a
+def import_tf():
+    "TensorFlow, imported on first use with its start-up log chatter turned down."
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")     # keep TensorFlow's start-up chatter out of reports
     import tensorflow as tf
     return tf
@@ -108,7 +109,7 @@ def _pad(x: np.ndarray, dim: int, what: str, file: str) -> np.ndarray:
 
 def episode_example(a: EpisodeArrays, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM) -> bytes:
     "The serialised `tf.train.Example` of one episode."
-    tf = _tf()
+    tf = import_tf()
     B = lambda *v: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(v)))
     feats = {"episode_id": B(a.episode_id.encode()), "num_steps": tf.train.Feature(int64_list=tf.train.Int64List(value=[len(a.reward)])),
              "observation": B(_pad(a.observation, obs_dim, "obs dims", a.file).tobytes()),
@@ -122,7 +123,7 @@ def episode_example(a: EpisodeArrays, obs_dim: int = OBS_DIM, action_dim: int = 
 
 def parse_episode(serialized, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, images: bool = False) -> dict:
     "Parse one serialised episode into tensors: observation [T, obs_dim], action [T, action_dim], reward, discount, flags, timestamps."
-    import tensorflow as tf   # not _tf(): tf.data traces this function, and autograph cannot read the frozen os module's source
+    import tensorflow as tf   # not import_tf(): tf.data traces this function, and autograph cannot read the frozen os module's source
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in
             ("episode_id", "observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal", "timestamp_ns")}
     spec["language_instruction"] = tf.io.VarLenFeature(tf.string)
@@ -139,7 +140,7 @@ def parse_episode(serialized, obs_dim: int = OBS_DIM, action_dim: int = ACTION_D
     if images: out["image"] = tf.sparse.to_dense(x["image"])
     return out
 
-# %% ../../../nbs/03_tfrecord.ipynb #fddeb168
+# %% ../../../nbs/03_tfrecord.ipynb #3b9c42e4
 def norm_stats(x: np.ndarray, dim: int) -> dict:
     "Statistics of the rows of `x` [N, d<=dim], padded to `dim` (padding: mean 0, std 1, percentiles 0)."
     d = x.shape[1]
@@ -150,7 +151,7 @@ def norm_stats(x: np.ndarray, dim: int) -> dict:
     return {"mean": pad(x.mean(axis=0, dtype=np.float64), 0.0), "std": pad(std, 1.0), "p01": pad(p01, 0.0), "p99": pad(p99, 0.0),
             "count": int(x.shape[0])}
 
-# %% ../../../nbs/03_tfrecord.ipynb #f5e9edd5
+# %% ../../../nbs/03_tfrecord.ipynb #0ca019c7
 @dataclass
 class ConversionResult:
     "What `convert` wrote."
@@ -171,7 +172,7 @@ def split_files(files: list[Path], root: Path, val_fraction: float) -> dict[Path
     val = set(rank[:n_val])
     return {f: "val" if f in val else "train" for f in files}
 
-def _shard_name(split, i, n, compress): return f"{split}-{i:05d}-of-{n:05d}.tfrecord" + (".gz" if compress else "")
+def _shard_name(split, i, n): return f"{split}-{i:05d}-of-{n:05d}.tfrecord"      # GZIP or not: dataset_info.json says which, as TFDS does
 
 _OUTPUTS = ("dataset_info.json", "norm_stats.json", "skipped.json", "rlds")
 
@@ -183,14 +184,10 @@ def _clear_previous(out: Path):
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
 
-# %% ../../../nbs/03_tfrecord.ipynb #78e44365
-def convert(input_dir: str | Path, output_dir: str | Path, compress: bool = False, skip_invalid: bool = False,
-            obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, episodes_per_shard: int = 64, val_fraction: float = 0.1,
-            images: bool = True, rlds: bool = True, progress: bool = True) -> ConversionResult:
-    "Validate and convert every episode under `input_dir` into TFRecord shards, statistics and an RLDS dataset in `output_dir`."
-    t0 = time.perf_counter()
-    inp, out = Path(input_dir), Path(output_dir)
-    if store.is_gcs(str(input_dir)) or store.is_gcs(str(output_dir)):
+# %% ../../../nbs/03_tfrecord.ipynb #5048a30f
+def _check_folders(inp: Path, out: Path, episodes_per_shard: int) -> list[Path]:
+    "The episode files to convert, after refusing what cannot be converted: gs:// paths, a missing input, no episodes."
+    if store.is_gcs(str(inp)) or store.is_gcs(str(out)):
         raise ConversionError("the converter reads and writes local folders; upload the result with "
                               "python -m continuonbrain.jax_models.utils.upload_to_gcs")
     if not inp.is_dir(): raise ConversionError(f"--input-dir {inp}: no such folder")
@@ -199,85 +196,116 @@ def convert(input_dir: str | Path, output_dir: str | Path, compress: bool = Fals
     if not files: raise ConversionError(f"--input-dir {inp}: no episode files (*.json) found, recursively")
     files = [f for f in files if out.resolve() not in f.resolve().parents]      # an output folder inside the input
     if not files: raise ConversionError(f"--input-dir {inp}: no episode files outside --output-dir {out}")
+    return files
+
+def _read_checked(f: Path, n_joints: int | None) -> tuple[dict | None, bytes | None, dict | None]:
+    "One episode file read and validated: (episode, raw bytes, None), or (None, None, a report of why it is refused)."
+    try:
+        try: raw = f.read_bytes()
+        except OSError as e: raise EpisodeReadError(f"{f}: cannot read ({e.strerror or e})") from None
+        ep = read_episode(f, raw)
+    except EpisodeReadError as e: return None, None, {"file": str(f), "reason": str(e)}
+    errors = [p for p in validate_episode(ep, str(f), f.parent) if p.severity == "error"]
+    joints = len(ep["metadata"]["joint_names"]) if not errors else None
+    if joints is not None and n_joints is not None and joints != n_joints:
+        errors = [f"{f}: episode: metadata.joint_names: {joints} joints, but earlier episodes have {n_joints}"]
+    if errors: return None, None, {"file": str(f), "reason": f"{len(errors)} error(s); first: {errors[0]}", "errors": [str(e) for e in errors[:50]]}
+    return ep, raw, None
+
+# %% ../../../nbs/03_tfrecord.ipynb #d7332143
+class _Shards:
+    "The shards being written into a staging folder, with the counts, statistics rows and sources of what went in."
+    def __init__(self, staging: Path, compress: bool, inp: Path):
+        self.tf, self.staging, self.inp = import_tf(), staging, inp
+        self.options = self.tf.io.TFRecordOptions(compression_type="GZIP" if compress else "")
+        self.names, self.sources, self.rows = [], [], {"obs": [], "act": []}
+        self.counts = {s: {"episodes": 0, "steps": 0} for s in ("train", "val")}
+
+    def write(self, name: str, split: str, episodes: list, obs_dim: int, action_dim: int, images: bool, stats: bool):
+        "One shard of `episodes` ([(file, episode, raw bytes)]); their arrays feed the statistics when `stats`."
+        with self.tf.io.TFRecordWriter(str(self.staging/name), self.options) as w:
+            for f, ep, raw in episodes:
+                a = episode_arrays(ep, str(f), f.parent, images)
+                w.write(episode_example(a, obs_dim, action_dim))
+                self.counts[split]["episodes"] += 1; self.counts[split]["steps"] += len(a.reward)
+                if stats: self.rows["obs"].append(a.observation); self.rows["act"].append(a.action)
+                self.sources.append({"file": f.relative_to(self.inp).as_posix(), "episode_id": a.episode_id, "split": split,
+                                     "steps": len(a.reward), "sha256": hashlib.sha256(raw).hexdigest()})
+        self.names.append(name)
+
+# %% ../../../nbs/03_tfrecord.ipynb #4ef966e0
+def _refusal(invalid: list, total: int) -> ConversionError:
+    "The error that lists the invalid files (at most 20, five errors each) when any is invalid and none may be skipped."
+    lines = [f"{len(invalid)} of {total} episode file(s) are invalid; nothing was written "
+             "(fix them, or pass --skip-invalid to convert the rest):"]
+    for r in invalid[:20]:
+        lines.append(f"  {r['reason']}" if "errors" not in r else f"  {r['file']}:")
+        lines += [f"    {e}" for e in r.get("errors", [])[:5]]
+    return ConversionError("\n".join(lines))
+
+def _dataset_info(sh: _Shards, compress: bool, images: bool, n_joints: int, obs_dim: int, action_dim: int, rlds: bool, skipped: int) -> dict:
+    "The `dataset_info.json` of a conversion: widths, layouts, compression, splits and their shards, every source's sha256."
+    obs_l, act_l = feature_layout(n_joints)
+    return {"format": "continuonbrain-tfrecord", "version": INFO_VERSION, "schema_version": SCHEMA_VERSION,
+            "tool": f"continuonbrain {continuonbrain.__version__}", "obs_dim": obs_dim, "action_dim": action_dim,
+            "compression": "GZIP" if compress else "", "images": bool(images), "joints": n_joints,
+            "observation_layout": {k: list(v) for k, v in obs_l.items()}, "action_layout": {k: list(v) for k, v in act_l.items()},
+            "splits": {s: {**c, "shards": [n for n in sh.names if n.startswith(s + "-")]} for s, c in sh.counts.items()},
+            "rlds": f"rlds/{RLDS_NAME}/{RLDS_VERSION}" if rlds else None, "skipped": skipped, "sources": sh.sources}
+
+# %% ../../../nbs/03_tfrecord.ipynb #68691209
+def _write_all(plan: dict, sh: _Shards, skip_invalid: bool, obs_dim: int, action_dim: int, images: bool, progress: bool):
+    "Read, validate and write every planned shard; returns (invalid, skipped, joints). After one invalid file it only validates."
+    from tqdm.auto import tqdm
+    invalid, skipped, n_joints = [], [], None
+    with tqdm(total=sum(len(g) for gs in plan.values() for g in gs), unit="episode", desc="converting",
+              disable=not progress, mininterval=0.5) as bar:
+        for split, groups in plan.items():
+            for si, group in enumerate(groups):
+                good = []
+                for f in group:
+                    bar.update(1)
+                    ep, raw, why = _read_checked(f, n_joints)
+                    if why: (skipped if skip_invalid else invalid).append(why); continue
+                    n_joints = len(ep["metadata"]["joint_names"]); good.append((f, ep, raw))
+                if invalid and not skip_invalid: continue
+                sh.write(_shard_name(split, si, len(groups)), split, good, obs_dim, action_dim, images,
+                         stats=split == "train" or not plan["train"])
+    return invalid, skipped, n_joints
+
+# %% ../../../nbs/03_tfrecord.ipynb #75383ba2
+def convert(input_dir: str | Path, output_dir: str | Path, compress: bool = False, skip_invalid: bool = False,
+            obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, episodes_per_shard: int = 64, val_fraction: float = 0.1,
+            images: bool = True, rlds: bool = True, progress: bool = True) -> ConversionResult:
+    "Validate and convert every episode under `input_dir` into TFRecord shards, statistics and an RLDS dataset in `output_dir`."
+    t0, inp, out = time.perf_counter(), Path(input_dir), Path(output_dir)
+    files = _check_folders(inp, out, episodes_per_shard)
     store.check_writable_dir(out)
     split_of = split_files(files, inp, val_fraction)
     by_split = {s: [f for f in files if split_of[f] == s] for s in ("train", "val")}
     plan = {s: [fs[i:i + episodes_per_shard] for i in range(0, len(fs), episodes_per_shard)] for s, fs in by_split.items()}
-    tf = _tf()
-    options = tf.io.TFRecordOptions(compression_type="GZIP" if compress else "")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(files), unit="episode", desc="converting", disable=not progress, mininterval=0.5)
-    invalid, skipped, sources, shards, stats_rows = [], [], [], [], {"obs": [], "act": []}
-    counts = {s: {"episodes": 0, "steps": 0} for s in plan}
-    n_joints = None
     try:
-        for split, groups in plan.items():
-            for si, group in enumerate(groups):
-                name = _shard_name(split, si, len(groups), compress)
-                writer = None if invalid and not skip_invalid else tf.io.TFRecordWriter(str(staging/name), options)
-                for f in group:
-                    bar.update(1)
-                    try:
-                        try: raw = f.read_bytes()
-                        except OSError as e: raise EpisodeReadError(f"{f}: cannot read ({e.strerror or e})") from None
-                        ep = read_episode(f, raw)
-                    except EpisodeReadError as e:
-                        (skipped if skip_invalid else invalid).append({"file": str(f), "reason": str(e)}); continue
-                    errors = [p for p in validate_episode(ep, str(f), f.parent) if p.severity == "error"]
-                    joints = len(ep["metadata"]["joint_names"]) if not errors else None
-                    if joints is not None and n_joints is not None and joints != n_joints:
-                        errors = [f"{f}: episode: metadata.joint_names: {joints} joints, but earlier episodes have {n_joints}"]
-                    if errors:
-                        rep = {"file": str(f), "reason": f"{len(errors)} error(s); first: {errors[0]}", "errors": [str(e) for e in errors[:50]]}
-                        (skipped if skip_invalid else invalid).append(rep); continue
-                    n_joints = joints
-                    if writer is None: continue           # an earlier file was invalid: only validating now
-                    a = episode_arrays(ep, str(f), f.parent, images)
-                    writer.write(episode_example(a, obs_dim, action_dim))
-                    counts[split]["episodes"] += 1; counts[split]["steps"] += len(a.reward)
-                    if split == "train" or not by_split["train"]:
-                        stats_rows["obs"].append(a.observation); stats_rows["act"].append(a.action)
-                    sources.append({"file": f.relative_to(inp).as_posix(), "episode_id": a.episode_id, "split": split,
-                                    "steps": len(a.reward), "sha256": hashlib.sha256(raw).hexdigest()})
-                if writer is not None:
-                    writer.close(); shards.append(name)
-                    if invalid and not skip_invalid: (staging/name).unlink()
-        bar.close()
-        if invalid:
-            lines = [f"{len(invalid)} of {len(files)} episode file(s) are invalid; nothing was written "
-                     "(fix them, or pass --skip-invalid to convert the rest):"]
-            for r in invalid[:20]:
-                lines.append(f"  {r['reason']}" if "errors" not in r else f"  {r['file']}:")
-                lines += [f"    {e}" for e in r.get("errors", [])[:5]]
-            raise ConversionError("\n".join(lines))
-        if not sources: raise ConversionError(f"--input-dir {inp}: no valid episodes to convert ({len(skipped)} skipped)")
-        obs_l, act_l = feature_layout(n_joints)
-        obs_all, act_all = np.concatenate(stats_rows["obs"]), np.concatenate(stats_rows["act"])
+        sh = _Shards(staging, compress, inp)
+        invalid, skipped, n_joints = _write_all(plan, sh, skip_invalid, obs_dim, action_dim, images, progress)
+        if invalid: raise _refusal(invalid, len(files))
+        if not sh.sources: raise ConversionError(f"--input-dir {inp}: no valid episodes to convert ({len(skipped)} skipped)")
+        obs_all, act_all = np.concatenate(sh.rows["obs"]), np.concatenate(sh.rows["act"])
         store.write_json(staging/"norm_stats.json", {"split": "train" if by_split["train"] else "val",
                                                      "observation": norm_stats(obs_all, obs_dim), "action": norm_stats(act_all, action_dim)})
         if skip_invalid: store.write_json(staging/"skipped.json", skipped)
-        rlds_dir = write_rlds(staging, shards, compress, obs_dim, action_dim, n_joints) if rlds else None
-        info = {"format": "continuonbrain-tfrecord", "version": INFO_VERSION, "schema_version": SCHEMA_VERSION,
-                "tool": f"continuonbrain {continuonbrain.__version__}", "obs_dim": obs_dim, "action_dim": action_dim,
-                "compression": "GZIP" if compress else "", "images": bool(images), "joints": n_joints,
-                "observation_layout": {k: list(v) for k, v in obs_l.items()}, "action_layout": {k: list(v) for k, v in act_l.items()},
-                "splits": {s: {"episodes": counts[s]["episodes"], "steps": counts[s]["steps"],
-                               "shards": [n for n in shards if n.startswith(s + "-")]} for s in plan},
-                "rlds": "rlds/continuon_rlds/1.0.0" if rlds_dir else None, "skipped": len(skipped), "sources": sources}
+        rlds_dir = write_rlds(staging, sh.names, compress, obs_dim, action_dim, n_joints) if rlds else None
+        info = _dataset_info(sh, compress, images, n_joints, obs_dim, action_dim, rlds_dir is not None, len(skipped))
         store.write_json(staging/"dataset_info.json", info)
         # commit: the old outputs out, the new ones in (dataset_info.json last, so a reader never pairs old info with new shards)
         _clear_previous(out)
-        for p in sorted(staging.iterdir(), key=lambda p: p.name == "dataset_info.json"):
-            os.replace(p, out/p.name)
-    finally:
-        bar.close()
-        shutil.rmtree(staging, ignore_errors=True)
+        for p in sorted(staging.iterdir(), key=lambda p: p.name == "dataset_info.json"): os.replace(p, out/p.name)
+    finally: shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return ConversionResult(str(out), {s: c["episodes"] for s, c in counts.items()}, {s: c["steps"] for s, c in counts.items()},
-                            shards, skipped, size, round(time.perf_counter() - t0, 3), str(out/info["rlds"]) if rlds_dir else None)
+    return ConversionResult(str(out), {s: c["episodes"] for s, c in sh.counts.items()}, {s: c["steps"] for s, c in sh.counts.items()},
+                            sh.names, skipped, size, round(time.perf_counter() - t0, 3), str(out/info["rlds"]) if rlds_dir else None)
 
-# %% ../../../nbs/03_tfrecord.ipynb #11a11541
+# %% ../../../nbs/03_tfrecord.ipynb #c9dd5b8b
 RLDS_NAME, RLDS_VERSION = "continuon_rlds", "1.0.0"
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -285,7 +313,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 def write_rlds(folder: Path, shards: list[str], compress: bool, obs_dim: int, action_dim: int, n_joints: int) -> Path:
     "Write the episodes in `folder`'s shards as an RLDS (TFDS) dataset under `folder/rlds`; returns its directory."
-    tf = _tf()
+    tf = import_tf()
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
     F = tfds.features
@@ -320,7 +348,7 @@ def write_rlds(folder: Path, shards: list[str], compress: bool, obs_dim: int, ac
     shutil.rmtree(folder/"rlds"/"downloads", ignore_errors=True)
     return Path(b.data_dir)
 
-# %% ../../../nbs/03_tfrecord.ipynb #6619c697
+# %% ../../../nbs/03_tfrecord.ipynb #e6894c5f
 def dataset_info(path: str | Path) -> dict:
     "The `dataset_info.json` of a converted folder, with a clear error when it is missing or not ours."
     p = Path(path)/"dataset_info.json"
@@ -337,7 +365,8 @@ def _files(path, info, split) -> list[str]:
         if not Path(f).is_file(): raise ContinuonError(f"{f}: shard listed in dataset_info.json is missing")
     return files
 
-def _check_dims(path, info, obs_dim, action_dim):
+def check_dims(path, info: dict, obs_dim: int | None, action_dim: int | None):
+    "Refuse a converted folder whose widths differ from those asked for (None: any), naming both and the fix."
     for name, want in (("obs_dim", obs_dim), ("action_dim", action_dim)):
         if want is not None and want != info[name]:
             raise ContinuonError(f"{path}: the data has {name} {info[name]}, but {want} was asked for "
@@ -346,7 +375,7 @@ def _check_dims(path, info, obs_dim, action_dim):
 def read_episodes(path: str | Path, split: str = "train", images: bool = False):
     "Yield each episode of `split` as a dict of numpy arrays."
     info = dataset_info(path)
-    tf = _tf()
+    tf = import_tf()
     ds = tf.data.TFRecordDataset(_files(path, info, split), compression_type=info["compression"])
     for rec in ds:
         yield {k: v.numpy() for k, v in parse_episode(rec, info["obs_dim"], info["action_dim"], images).items()}
@@ -356,9 +385,9 @@ def load_dataset(path: str | Path, split: str = "train", window: int = 32, strid
                  obs_dim: int | None = None, action_dim: int | None = None, repeat: bool = False,
                  drop_remainder: bool = False, shard: tuple[int, int] = (0, 1)):
     "A `tf.data.Dataset` of fixed-length windows with padding masks and episode-start flags (see above); `shard=(i, n)` keeps episodes i, i+n, ..."
-    tf = _tf()
+    tf = import_tf()
     info = dataset_info(path)
-    _check_dims(path, info, obs_dim, action_dim)
+    check_dims(path, info, obs_dim, action_dim)
     if window < 1: raise ContinuonError(f"window={window}: expected at least 1")
     if not 0 <= shard[0] < shard[1]: raise ContinuonError(f"shard={shard}: expected (index, count) with 0 <= index < count")
     stride = stride or window
@@ -395,10 +424,10 @@ def load_dataset(path: str | Path, split: str = "train", window: int = 32, strid
     if batch_size: ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-# %% ../../../nbs/03_tfrecord.ipynb #fbaaa537
+# %% ../../../nbs/03_tfrecord.ipynb #b28c1529
 def main(input_dir: str = None,          # folder of episode JSON files (searched recursively)
          output_dir: str = None,         # folder for shards, statistics and the RLDS dataset
-         compress: bool = False,         # GZIP the shards (.tfrecord.gz)
+         compress: bool = False,         # GZIP the shards (still named .tfrecord; dataset_info.json records it)
          skip_invalid: bool = False,     # convert the valid episodes and list the invalid ones in skipped.json
          obs_dim: int = OBS_DIM,         # observation vector size (zero-padded)
          action_dim: int = ACTION_DIM,   # action vector size (zero-padded)
@@ -418,6 +447,6 @@ def main(input_dir: str = None,          # folder of episode JSON files (searche
           + (f"; RLDS dataset in {r.rlds_dir}" if r.rlds_dir else ""))
     return 0
 
-# %% ../../../nbs/03_tfrecord.ipynb #2f862dda
+# %% ../../../nbs/03_tfrecord.ipynb #af81232d
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.jax_models.data.tfrecord_converter"))

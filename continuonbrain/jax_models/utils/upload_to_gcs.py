@@ -6,7 +6,7 @@
 __all__ = ['UploadError', 'md5_b64', 'with_retries', 'TransferResult', 'gcs_uri', 'local_files', 'upload_dir', 'download_dir',
            'main']
 
-# %% ../../../nbs/06_upload.ipynb #debd9362
+# %% ../../../nbs/06_upload.ipynb #3f88d5bb
 import base64, hashlib, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 from ...config import ContinuonError, run_cli
 from ... import store
 
-# %% ../../../nbs/06_upload.ipynb #fcd095f0
+# %% ../../../nbs/06_upload.ipynb #c43207d3
 class UploadError(ContinuonError):
     "A transfer that failed: the message names the file or object."
 
@@ -43,7 +43,7 @@ def with_retries(fn, what: str, attempts: int = 5, initial: float = 0.5, sleep=t
                 raise UploadError(f"{what}: {why}{type(e).__name__}: {e}") from None
             sleep(initial * 2 ** i)
 
-# %% ../../../nbs/06_upload.ipynb #fe89e137
+# %% ../../../nbs/06_upload.ipynb #21629778
 @dataclass
 class TransferResult:
     "What a transfer did."
@@ -60,6 +60,7 @@ class TransferResult:
         return (f"{self.direction}: {len(self.sent)} file(s) sent ({self.bytes / 1e6:.2f} MB), {len(self.skipped)} unchanged, "
                 f"{self.source} -> {self.destination} in {self.seconds:.1f} s")
 
+# %% ../../../nbs/06_upload.ipynb #8176f8fb
 def gcs_uri(bucket: str, prefix: str = "") -> str:
     "`gs://bucket/prefix`, checking the bucket name."
     b = bucket.removeprefix("gs://").strip("/")
@@ -67,17 +68,26 @@ def gcs_uri(bucket: str, prefix: str = "") -> str:
     p = prefix.strip("/")
     return f"gs://{b}/{p}" if p else f"gs://{b}"
 
+# %% ../../../nbs/06_upload.ipynb #53472ece
 def local_files(local_dir: str | Path) -> list[Path]:
     "Files under `local_dir` to transfer: hidden files and folders (staging, temporaries) left out."
     root = Path(local_dir)
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
+# %% ../../../nbs/06_upload.ipynb #40e5e810
 def _bucket(uri):
     bucket, prefix = store.split_gcs(uri)
     return store.gcs_client().bucket(bucket), prefix
 
 def _key(prefix, rel): return f"{prefix}/{rel}" if prefix else rel
 
+def _check_bucket(bucket):
+    from google.api_core import exceptions as gexc
+    try:
+        if not bucket.exists(): raise UploadError(f"gs://{bucket.name}: no such bucket (create it, or check --gcs-bucket)")
+    except gexc.Forbidden: pass    # allowed to write objects but not to read bucket metadata: the uploads will tell
+
+# %% ../../../nbs/06_upload.ipynb #ef7c29ec
 def upload_dir(local_dir: str | Path, uri: str, attempts: int = 5, progress: bool = True) -> TransferResult:
     "Upload every file under `local_dir` to `uri` (gs://bucket/prefix), skipping identical objects and verifying each upload's MD5."
     t0, root = time.perf_counter(), Path(local_dir)
@@ -107,12 +117,8 @@ def upload_dir(local_dir: str | Path, uri: str, attempts: int = 5, progress: boo
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
 
-def _check_bucket(bucket):
-    from google.api_core import exceptions as gexc
-    try:
-        if not bucket.exists(): raise UploadError(f"gs://{bucket.name}: no such bucket (create it, or check --gcs-bucket)")
-    except gexc.Forbidden: pass    # allowed to write objects but not to read bucket metadata: the uploads will tell
 
+# %% ../../../nbs/06_upload.ipynb #1f815d6d
 def download_dir(uri: str, local_dir: str | Path, attempts: int = 5, progress: bool = True) -> TransferResult:
     "Download every object under `uri` into `local_dir`, skipping identical local files; each file is verified and renamed into place."
     t0, root = time.perf_counter(), Path(local_dir)
@@ -140,7 +146,7 @@ def download_dir(uri: str, local_dir: str | Path, attempts: int = 5, progress: b
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
 
-# %% ../../../nbs/06_upload.ipynb #e9ad66cf
+# %% ../../../nbs/06_upload.ipynb #c0a07699
 def main(local_dir: str = None,      # the folder to upload (or to download into, with --download)
          gcs_bucket: str = None,     # bucket name, e.g. continuon-rlds
          gcs_prefix: str = "",       # folder inside the bucket, e.g. rlds/episodes
@@ -155,6 +161,6 @@ def main(local_dir: str = None,      # the folder to upload (or to download into
     print(r.summary())
     return 0
 
-# %% ../../../nbs/06_upload.ipynb #24395ea6
+# %% ../../../nbs/06_upload.ipynb #1afaeb66
 #| eval: false
 if __name__ == "__main__": sys.exit(run_cli(main, prog="python -m continuonbrain.jax_models.utils.upload_to_gcs"))
