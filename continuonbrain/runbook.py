@@ -8,7 +8,7 @@ __all__ = ['STEPS', 'RUNBOOK_HEADING', 'Step', 'get_step', 'StepRecord', 'git_st
            'playbook_steps', 'run_playbook', 'continuon_parser', 'main', 'cli']
 
 # %% ../nbs/90_runbook.ipynb #763d06a7
-import argparse, importlib.metadata, os, platform, shutil, subprocess, sys, tempfile, time
+import argparse, atexit, importlib.metadata, os, platform, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +55,7 @@ class StepRecord:
     "What a runbook step wrote, read and measured: saved as `metrics.json` and `artefacts.json` in its folder."
     def __init__(self, out_dir: str | Path = ""):
         self.dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="continuon-step-"))
+        if not out_dir: atexit.register(shutil.rmtree, self.dir, True)   # a notebook run without a step folder leaves no litter
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics: dict = {}
         self.inputs: list[str] = []
