@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['StoreError', 'ArtefactNotFound', 'ChecksumMismatch', 'StoreUnavailable', 'is_gcs', 'split_gcs', 'join', 'gcs_client',
            'atomic_file', 'write_bytes', 'read_bytes', 'write_text', 'read_text', 'write_json', 'read_json',
-           'write_figure', 'check_writable', 'check_writable_dir', 'ls', 'exists', 'delete', 'copy', 'sha256', 'size',
-           'verify', 'free_port', 'gcs_emulator']
+           'write_figure', 'atomic_dir', 'check_writable', 'check_writable_dir', 'ls', 'exists', 'delete', 'copy',
+           'sha256', 'size', 'verify', 'file_manifest', 'free_port', 'gcs_emulator']
 
 # %% ../nbs/00a_store.ipynb #91651bb3
 import hashlib, os, shutil, socket, subprocess, sys, tempfile, time
@@ -161,6 +161,34 @@ def write_figure(uri: str | Path, fig, dpi: int = 100, close: bool = False, **sa
         plt.close(fig)
     return write_bytes(uri, buf.getvalue())
 
+# %% ../nbs/00a_store.ipynb #ad1r0002
+def _recover_dir(out: Path):
+    "Undo what a killed `atomic_dir` left beside `out`: put back a folder moved aside, remove staging folders."
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if out.exists(): shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(old, out)
+    for staging in out.parent.glob(f".{out.name}.staging-*"): shutil.rmtree(staging, ignore_errors=True)
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    "A staging folder beside `path`; on success it replaces `path` (fsynced, renamed), on error it is removed."
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _recover_dir(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield staging
+        for f in staging.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh: os.fsync(fh.fileno())
+        old = out.parent/f".{out.name}.old-{os.getpid()}" if out.exists() else None
+        if old: os.replace(out, old)
+        os.replace(staging, out)
+        _fsync_dir(out.parent)
+        if old: shutil.rmtree(old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
 # %% ../nbs/00a_store.ipynb #cc7d0eb5
 def check_writable(uri: str | Path) -> str:
     "Raise unless `uri` looks writable: `gs://bucket/object` in a bucket that answers, or a local file whose folder can be created and written."
@@ -271,6 +299,13 @@ def verify(uri: str | Path, expected: str) -> str:
     got = sha256(uri)
     if got != expected: raise ChecksumMismatch(f"{uri}: sha256 is {got}, expected {expected}")
     return got
+
+# %% ../nbs/00a_store.ipynb #ad1r0005
+def file_manifest(folder: str | Path, skip: tuple = ()) -> list[dict]:
+    "Every file below `folder` (except the paths in `skip`) as `{path, bytes, sha256}`, sorted by path."
+    root = Path(folder)
+    return [{"path": f.relative_to(root).as_posix(), "bytes": f.stat().st_size, "sha256": sha256(f)}
+            for f in sorted(root.rglob("*")) if f.is_file() and f.relative_to(root).as_posix() not in skip]
 
 # %% ../nbs/00a_store.ipynb #7cbd2944
 def free_port() -> int:

@@ -7,12 +7,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BIN = Path(sys.executable).parent
+RECORDER = [PY, "-m", "continuonbrain.recording.arm_episode_recorder"]
+CONVERTER = [PY, "-m", "continuonbrain.jax_models.data.tfrecord_converter"]
+TPU_TRAIN = [PY, "-m", "continuonbrain.jax_models.train.cloud.tpu_train"]
+# The playbook's bucket paths for step 6's data and step 7's checkpoints.
+DATA_URI, OUT_URI = "gs://continuon-rlds/rlds/episodes", "gs://continuon-rlds/checkpoints/core_model_v0"
+# tpu_train's flags that make a run small enough for tests: a small preset and 24 steps, checkpointed every 8.
+SMALL = ["--preset", "development", "--window", "32", "--num-steps", "24", "--checkpoint-every", "8", "--eval-every", "8",
+         "--log-every", "8", "--learning-rate", "3e-3"]
 
 
 def run(argv, cwd=ROOT, timeout=300, env=None, **kw) -> subprocess.CompletedProcess:
     "Run a real process the way a user would, capturing its output."
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, **kw)
+
+
+def wipe(uri):
+    "Delete every object under a gs:// prefix (or file under a folder), if there are any."
+    from continuonbrain import store
+    try:
+        for u in store.ls(uri): store.delete(u)
+    except store.ArtefactNotFound: pass
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +44,23 @@ def mock_tfrecords(tmp_path_factory):
     "Three mock-arm episodes of 60 steps, recorded and converted (GZIP) with the playbook's commands, once per session: read, never change."
     root = tmp_path_factory.mktemp("mock_rlds")
     eps, tfr = root/"episodes", root/"tfrecord"
-    rec = run([PY, "-m", "continuonbrain.recording.arm_episode_recorder", "--output-dir", str(eps), "--backend", "mock", "--steps", "60"])
+    rec = run([*RECORDER, "--output-dir", str(eps), "--backend", "mock", "--steps", "60"])
     assert rec.returncode == 0, rec.stderr
-    conv = run([PY, "-m", "continuonbrain.jax_models.data.tfrecord_converter", "--input-dir", str(eps), "--output-dir", str(tfr),
-                "--compress", "--no-rlds"])
+    conv = run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds"])
     assert conv.returncode == 0, conv.stderr
+    return tfr
+
+
+@pytest.fixture(scope="session")
+def uploaded(gcs, tmp_path_factory):
+    "Eight mock-arm episodes of 100 steps, converted, and uploaded to the emulator's bucket (DATA_URI) with step 6's command, once per session."
+    root = tmp_path_factory.mktemp("policy")
+    eps, tfr = root/"episodes", root/"tfrecord"
+    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "mock", "--episodes", "8", "--steps", "100"]).returncode == 0
+    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds"]).returncode == 0
+    r = run([PY, "-m", "continuonbrain.jax_models.utils.upload_to_gcs", "--local-dir", str(tfr), "--gcs-bucket", "continuon-rlds",
+             "--gcs-prefix", "rlds/episodes", "--quiet"])
+    assert r.returncode == 0, r.stderr
     return tfr
 
 

@@ -9,7 +9,7 @@ MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_hea
 WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
             "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "jax_models.core_model", "jax_models.policy_train",
             "jax_models.train.local_sanity_check", "jax_models.train.cloud.tpu_train", "jax_models.evaluate",
-            "trainer.local_lora_trainer"]   # JAX modules: jax is their core
+            "trainer.local_lora_trainer", "jax_models.export.export_jax"]   # JAX modules: jax is their core
 HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "tensorflow_datasets", "jax", "gcp_storage_emulator"]
 
 
@@ -42,7 +42,7 @@ def test_module_paths_of_the_playbook_exist():
               "continuonbrain.jax_models.data.tfrecord_converter", "continuonbrain.rlds.export_pipeline",
               "continuonbrain.jax_models.utils.upload_to_gcs", "continuonbrain.wavecore.model", "continuonbrain.wavecore.train",
               "continuonbrain.wavecore.curriculum", "continuonbrain.wavecore.blocks", "continuonbrain.wavecore.eval",
-              "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale"]:
+              "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale", "continuonbrain.jax_models.export.export_jax"]:
         assert importlib.util.find_spec(m), m
 
 

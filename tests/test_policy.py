@@ -4,12 +4,9 @@ import json, os, shutil, signal, subprocess, time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import PY, run
+from conftest import DATA_URI, OUT_URI, PY, SMALL, TPU_TRAIN, run, wipe
 
-RECORDER = [PY, "-m", "continuonbrain.recording.arm_episode_recorder"]
-CONVERTER = [PY, "-m", "continuonbrain.jax_models.data.tfrecord_converter"]
 SANITY = [PY, "-m", "continuonbrain.jax_models.train.local_sanity_check"]
 
 
@@ -45,26 +42,9 @@ def test_the_sanity_check_refuses_what_it_cannot_learn_from(tmp_path, mock_tfrec
 
 # ---- step 7: sharded training (tpu_train) on 8 simulated devices, against the GCS emulator ----
 
-TPU_TRAIN = [PY, "-m", "continuonbrain.jax_models.train.cloud.tpu_train"]
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-DATA_URI, OUT_URI = "gs://continuon-rlds/rlds/episodes", "gs://continuon-rlds/checkpoints/core_model_v0"
-# The playbook's command with its flags as written; a smaller preset and fewer steps so it runs in seconds on 2 cores.
+# The playbook's command with its flags as written; a smaller preset and fewer steps (SMALL) so it runs in seconds on 2 cores.
 AS_WRITTEN = ["--data-path", DATA_URI, "--output-dir", OUT_URI, "--batch-size", "256", "--num-steps", "10000", "--learning-rate", "1e-4"]
-SMALL = ["--preset", "development", "--window", "32", "--num-steps", "24", "--checkpoint-every", "8", "--eval-every", "8",
-         "--log-every", "8", "--learning-rate", "3e-3"]
-
-
-@pytest.fixture(scope="module")
-def uploaded(gcs, tmp_path_factory):
-    "Eight simulated-arm episodes, converted, and uploaded to the emulator's bucket with step 6's command."
-    root = tmp_path_factory.mktemp("policy")
-    eps, tfr = root/"episodes", root/"tfrecord"
-    assert run([*RECORDER, "--output-dir", str(eps), "--backend", "mock", "--episodes", "8", "--steps", "100"]).returncode == 0
-    assert run([*CONVERTER, "--input-dir", str(eps), "--output-dir", str(tfr), "--compress", "--no-rlds"]).returncode == 0
-    r = run([PY, "-m", "continuonbrain.jax_models.utils.upload_to_gcs", "--local-dir", str(tfr), "--gcs-bucket", "continuon-rlds",
-             "--gcs-prefix", "rlds/episodes", "--quiet"])
-    assert r.returncode == 0, r.stderr
-    return tfr
 
 
 def _metrics(uri):
@@ -72,15 +52,8 @@ def _metrics(uri):
     return store.read_json(store.join(uri, "metrics.json"))
 
 
-def _wipe(uri):
-    from continuonbrain import store
-    try:
-        for u in store.ls(uri): store.delete(u)
-    except store.ArtefactNotFound: pass
-
-
 def test_tpu_train_as_written_on_8_devices_with_gs_data_and_checkpoints(uploaded, tmp_path):
-    _wipe(OUT_URI)
+    wipe(OUT_URI)
     r = run([*TPU_TRAIN, *AS_WRITTEN, *SMALL, "--staging-dir", str(tmp_path/"stage")], env=EIGHT, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "on 8 device(s)" in r.stdout and "ok: step 24 (num_steps)" in r.stdout
@@ -106,7 +79,7 @@ def test_tpu_train_as_written_on_8_devices_with_gs_data_and_checkpoints(uploaded
 def test_tpu_train_killed_with_sigkill_resumes_from_the_bucket_to_the_same_parameters(uploaded, tmp_path):
     from continuonbrain import store
     out = "gs://continuon-rlds/checkpoints/killed"
-    _wipe(out)
+    wipe(out)
     args = [*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", out, "--batch-size", "64", *SMALL, "--num-steps", "48"]
     ref = run([*args[:6], str(tmp_path/"ref"), *args[7:], "--staging-dir", str(tmp_path/"s0")], env=EIGHT, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
@@ -169,7 +142,7 @@ def test_evaluate_reads_the_run_from_the_bucket_and_gates_on_the_baselines(uploa
     and asserted, in nbs/14_policy_eval.ipynb (40 simulated-arm episodes, 400 steps): one place, not two."""
     from continuonbrain import store
     out = "gs://continuon-rlds/checkpoints/evaluated"
-    _wipe(out)
+    wipe(out)
     r = run([*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", out, "--batch-size", "16", *SMALL, "--num-steps", "2",
              "--checkpoint-every", "2", "--eval-every", "2", "--staging-dir", str(tmp_path/"s")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ __all__ = ['REDACTED', 'BundleError', 'export_key', 'pseudonym', 'scrub_text', '
            'prepare_cloud_export']
 
 # %% ../../nbs/05_export_bundle.ipynb #ff718ba7
-import copy, hashlib, hmac, json, os, re, secrets, shutil, tempfile, time
+import copy, hashlib, hmac, json, os, re, secrets, time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,9 +147,8 @@ def prepare_cloud_export(episodes: list, output_dir: str | Path, key: bytes | No
     key = key or export_key()
     hook = media if callable(media) else None
     if not hook and media != "drop": raise BundleError(f"media={media!r}: expected 'drop' or a redaction function")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        files, redactions, problems, steps, ids = [], {}, [], 0, set()
+    with store.atomic_dir(out) as staging:
+        redactions, problems, steps, ids = {}, [], 0, set()
         for p in paths:
             try: ep = read_episode(p)
             except EpisodeReadError as e: problems.append(str(e)); continue
@@ -170,8 +169,7 @@ def prepare_cloud_export(episodes: list, output_dir: str | Path, key: bytes | No
         if problems and not skip_invalid:
             raise BundleError(f"{len(problems)} of {len(paths)} episode(s) cannot be exported; nothing was written:\n  " + "\n  ".join(problems[:20]))
         if not ids: raise BundleError(f"none of the {len(paths)} episode(s) could be exported:\n  " + "\n  ".join(problems[:20]))
-        for f in sorted(x for x in staging.rglob("*") if x.is_file()):
-            files.append({"path": f.relative_to(staging).as_posix(), "bytes": f.stat().st_size, "sha256": store.sha256(f)})
+        files = store.file_manifest(staging)
         manifest = {"bundle_version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "tool": f"continuonbrain {continuonbrain.__version__}", "schema_version": SCHEMA_VERSION,
                     "counts": {"episodes": len(ids), "steps": steps, "skipped": len(problems), "bytes": sum(f["bytes"] for f in files)},
@@ -182,9 +180,5 @@ def prepare_cloud_export(episodes: list, output_dir: str | Path, key: bytes | No
                                       "redactions": redactions},
                     "skipped": len(problems), "files": files}
         store.write_json(staging/"manifest.json", manifest)
-        if out.exists(): shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     return ExportBundle(out, manifest)

@@ -1,0 +1,108 @@
+"""Step 8a as the playbook runs it: export_jax on step 7's checkpoint in the emulator's bucket, the bundle loaded where
+the robot loads it (LiteRT alone for step.tflite), an export killed with SIGKILL over an existing bundle, and bad input."""
+import json, os, shutil, signal, subprocess, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA_URI, OUT_URI, PY, ROOT, SMALL, TPU_TRAIN, run, wipe
+
+EXPORT_JAX = [PY, "-m", "continuonbrain.jax_models.export.export_jax"]
+AS_WRITTEN = ["--checkpoint-path", OUT_URI, "--output-path", "./models/core_model_inference", "--quantization", "fp16"]
+PLAYBOOK_ENV = {"PYTHONPATH": str(ROOT)}            # the playbook runs its commands with PYTHONPATH=$PWD at the repo root
+
+
+@pytest.fixture(scope="module")
+def trained(uploaded, tmp_path_factory):
+    "Step 7's command (small) with its checkpoints in the playbook's bucket path."
+    wipe(OUT_URI)
+    tmp = tmp_path_factory.mktemp("trained")
+    r = run([*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", OUT_URI, "--batch-size", "16", *SMALL, "--staging-dir", str(tmp/"s")], cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return OUT_URI
+
+
+def _litter() -> set:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("continuon-export-*")}
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    "Step 8a's command as written, run once at a repo-like folder: (the folder, what it printed, the temporary folders it left)."
+    cwd, before = tmp_path_factory.mktemp("robot"), _litter()
+    r = run([*EXPORT_JAX, *AS_WRITTEN], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return cwd, r.stdout, _litter() - before
+
+
+def test_export_jax_as_written_from_the_bucket(exported):
+    cwd, stdout, litter = exported
+    assert "(fp16, " in stdout and f"from {OUT_URI} step 24" in stdout and stdout.count("(bound 0.05)") == 2
+    assert litter == set()                                                  # the staged checkpoint and data were removed
+    out = cwd/"models/core_model_inference"
+    m = json.loads((out/"manifest.json").read_text())
+    assert m["source"] == {"checkpoint_path": OUT_URI, "step": 24, "data_path": DATA_URI} and m["quantization"] == "fp16"
+    assert len(m["git"]["commit"]) == 40 and m["tool"].startswith("continuonbrain ")
+    assert sorted(f["path"] for f in m["files"]) == ["config.json", "example.npz", "export_report.json", "norm_stats.json",
+                                                     "step.tflite", "weights.npz"]
+    with np.load(out/"weights.npz") as z: assert z["head/kernel"].dtype == np.float16
+    cfg = json.loads((out/"config.json").read_text())
+    assert cfg["model"]["obs_dim"] == 128 and cfg["action_layout"]["gripper"] and cfg["quantization"] == "fp16"
+    rep = json.loads((out/"export_report.json").read_text())
+    assert rep["split"] == "val" and all(c["finite"] and c["max"] <= c["bound"] for c in rep["checks"].values())
+    # the robot's CPU path: step.tflite and the example with LiteRT and numpy alone, no JAX and no continuonbrain
+    code = f"""
+import json, sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+d = {str(out)!r}
+cfg, stats, ex = json.load(open(d + '/config.json')), json.load(open(d + '/norm_stats.json')), np.load(d + '/example.npz')
+it = Interpreter(model_path=d + '/step.tflite'); it.allocate_tensors()
+ins = {{x['name']: x['index'] for x in it.get_input_details()}}
+outs = [x['index'] for x in sorted(it.get_output_details(), key=lambda x: 0 if x['name'] == 'Identity' else int(x['name'].split('_')[1]))]
+state = [np.zeros(i['shape'], i['dtype']) for i in cfg['step_graph']['inputs'][2:]]
+worst = 0.0
+for o, f, a in zip(ex['observation'], ex['is_first'], ex['action']):
+    for name, v in zip(['obs', 'is_first'] + ['s%d' % i for i in range(len(state))], [o, f, *state]): it.set_tensor(ins[name], v)
+    it.invoke()
+    act, *state = [it.get_tensor(i) for i in outs]
+    worst = max(worst, float((np.abs(act - a) / np.asarray(stats['action']['std'])).max()))
+print(worst, 'jax' in sys.modules, 'continuonbrain' in sys.modules)
+"""
+    worst, jax_loaded, cb_loaded = run([PY, "-c", code]).stdout.split()
+    assert float(worst) <= 0.05 and jax_loaded == cb_loaded == "False", (worst, jax_loaded, cb_loaded)
+
+
+def test_an_export_killed_with_sigkill_leaves_the_old_bundle_whole(exported, tmp_path):
+    from continuonbrain.jax_models.export.export_jax import load_bundle
+    out = tmp_path/"models/core_model_inference"
+    shutil.copytree(exported[0]/"models/core_model_inference", out)         # the fp16 bundle is in place
+    args = [*EXPORT_JAX, "--checkpoint-path", OUT_URI, "--output-path", str(out), "--quantization", "int8", "--rollout", "20", "--episodes", "1"]
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not any((s/"weights.npz").exists() for s in tmp_path.glob("models/.core_model_inference.staging-*")):
+        assert p.poll() is None and time.monotonic() - t0 < 240, "the export ended (or stalled) before it wrote its staging folder"
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    assert load_bundle(out).config["quantization"] == "fp16"                 # the old bundle, every hash intact
+    r = run(args, cwd=tmp_path)                                              # the next export cleans up after the killed one
+    assert r.returncode == 0, r.stderr
+    assert load_bundle(out).config["quantization"] == "int8"
+    assert sorted(p.name for p in (tmp_path/"models").iterdir()) == ["core_model_inference"]
+
+
+def test_export_jax_refuses_what_it_cannot_use(exported, tmp_path):
+    r = run([*EXPORT_JAX, "--checkpoint-path", "gs://continuon-rlds/checkpoints/none", "--output-path", str(tmp_path/"b")])
+    assert r.returncode == 3 and "gs://continuon-rlds/checkpoints/none" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run([*EXPORT_JAX, *AS_WRITTEN[:4], "--quantization", "int4"], cwd=tmp_path)
+    assert r.returncode == 2 and "--quantization 'int4': expected one of fp32, fp16, int8" in r.stderr
+    (tmp_path/"mine").mkdir(); (tmp_path/"mine/notes.txt").write_text("keep")
+    r = run([*EXPORT_JAX, "--checkpoint-path", OUT_URI, "--output-path", str(tmp_path/"mine")])
+    assert r.returncode == 2 and "mine: exists and is not a bundle" in r.stderr and (tmp_path/"mine/notes.txt").read_text() == "keep"
+    (tmp_path/"file").write_text("x")
+    r = run([*EXPORT_JAX, "--checkpoint-path", OUT_URI, "--output-path", str(tmp_path/"file/bundle")])
+    assert r.returncode != 0 and "file: is a file, not a folder" in r.stderr, r.stderr
+    r = run([*EXPORT_JAX, "--checkpoint-path", OUT_URI, "--output-path", str(tmp_path/"b"), "--data-path", str(tmp_path/"none")])
+    assert r.returncode == 2 and "none: no such folder" in r.stderr and not (tmp_path/"b").exists()
+    r = run([*EXPORT_JAX, "--output-path", str(tmp_path/"b")])
+    assert r.returncode == 2 and "--checkpoint-path and --output-path are required" in r.stderr
