@@ -40,6 +40,8 @@ STEPS = [
          "upload the TFRecords to gs://bucket/prefix (the emulator locally), skip unchanged files, download and verify"),
     Step("train", "13_tpu_train.ipynb",
          "train the CoreModel data parallel over every device (TPU, or CPU locally): async Orbax checkpoints, resume, held-out evals"),
+    Step("export", "16_export_jax.ipynb",
+         "the trained policy as a CPU bundle: config, fp32/fp16/int8 weights, statistics, an example, step.tflite, a manifest; checked against the checkpoint"),
     Step("seed_train", "10c_seed_train.ipynb",
          "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]

@@ -174,7 +174,7 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
             env={"CONTINUON_HOME": str(tmp_path/"home")}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
-    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "seed_train"}
+    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "export", "seed_train"}
     assert steps["sanity_train"]["metrics"]["data"] == "tfrecord" and steps["sanity_train"]["metrics"]["learned"]
     t = steps["train"]["metrics"]
     assert t["data_path"] == str(tmp_path/"home/rlds/tfrecord") and t["step"] == 200 and t["final_loss"] < 0.1 * t["first_loss"]
@@ -185,13 +185,17 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     h = t["heldout"]                                                            # held-out learning, not memorising
     assert h["heldout_error"] < 0.5 * h["mean_action_error"] and t["warnings"] == [], (h, t["warnings"])
     # the console shows each step's own progress, and none of TensorFlow's log lines
-    assert "    | step   200/200  training loss" in r.stdout and "[7/8] train ok in" in r.stdout, r.stdout[-3000:]
+    assert "    | step   200/200  training loss" in r.stdout and "[7/9] train ok in" in r.stdout, r.stdout[-3000:]
     assert "oneDNN" not in r.stdout + r.stderr and "DATA_LOSS" not in r.stdout + r.stderr
     assert "oneDNN" in (tmp_path/"outputs/pb/tfrecord/kernel.log").read_text()
     # each step's report opens with its result
     page = (tmp_path/"outputs/pb/train/13_tpu_train.html").read_text()
     assert page.index("Result: train ok in") < page.index("train_from_folder") and "data:image/png;base64" in page
     assert steps["export_bundle"]["metrics"]["identifiers_leaked"] == 0
+    e = steps["export"]["metrics"]                                              # step 8a: this run's checkpoint as the CPU bundle
+    assert (e["checkpoint_path"], e["checkpoint_step"], e["quantization"]) == (str(tmp_path/"outputs/pb/train/core_model"), 200, "fp16")
+    assert e["output_path"] == str(tmp_path/"home/models/core_model_inference") and e["tflite_max_error_std"] <= e["tflite_bound_std"]
+    assert (tmp_path/"home/models/core_model_inference/manifest.json").is_file()
     assert steps["upload"]["metrics"]["target"] == "emulator" and steps["upload"]["metrics"]["skipped_second_pass"] > 0
     assert len(list((tmp_path/"home/rlds/tfrecord").glob("*.tfrecord"))) == 2
     for step in steps: assert (tmp_path/f"outputs/pb/{step}/metrics.json").is_file()

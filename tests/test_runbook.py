@@ -108,7 +108,7 @@ def test_playbook_stops_at_failure_and_resumes(scratch_project, tmp_path):
 
 def test_playbook_rejects_steps_the_profile_does_not_run():
     r = run([CONTINUON, "playbook", "--profile", "tpu", "--from", "capture"])
-    assert r.returncode == 2 and "--from capture: profile 'tpu' does not run that step (it runs: train)" in r.stderr
+    assert r.returncode == 2 and "--from capture: profile 'tpu' does not run that step (it runs: train, export)" in r.stderr
     r = run([CONTINUON, "playbook", "--from", "nowhere"])
     assert r.returncode == 2 and "unknown step 'nowhere'" in r.stderr
 
@@ -159,8 +159,11 @@ def test_non_utf8_params_file(scratch_project, tmp_path):
 
 
 def test_ctrl_c_marks_the_step_interrupted(tmp_path):
+    # Ctrl-C as a terminal sends it; the default SIGINT handler is restored because a shell's background job (nohup ... &,
+    # as CI or a timing script may start pytest) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     p = subprocess.Popen([CONTINUON, "run", "hardware", "-p", "trace_seconds", "60", "-p", "smoke", "false", "--run-id", "int",
-                          "--outputs", str(tmp_path), "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          "--outputs", str(tmp_path), "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_json, t0 = tmp_path/"int/run.json", time.monotonic()
     while not (run_json.exists() and (tmp_path/"int/hardware/pi5_check.json").exists()):   # the trace has started
         assert p.poll() is None and time.monotonic() - t0 < 120, "the step ended before it could be interrupted"
