@@ -42,6 +42,10 @@ STEPS = [
          "train the CoreModel data parallel over every device (TPU, or CPU locally): async Orbax checkpoints, resume, held-out evals"),
     Step("export", "16_export_jax.ipynb",
          "the trained policy as a CPU bundle: config, fp32/fp16/int8 weights, statistics, an example, step.tflite, a manifest; checked against the checkpoint"),
+    Step("export_hailo", "17_export_hailo.ipynb",
+         "the bundle's step as ONNX on the Hailo compiler's operator list, checked in onnxruntime; calibration with recurrent states; int8 stand-in drift; model.hef or its pending note"),
+    Step("deploy", "18_inference_router.ipynb",
+         "deploy the bundle and the Hailo folder into the robot's model folder atomically; route to the first healthy backend (Hailo, LiteRT, onnxruntime, JAX) and smoke-test it"),
     Step("seed_train", "10c_seed_train.ipynb",
          "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]

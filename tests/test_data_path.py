@@ -174,7 +174,8 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
             env={"CONTINUON_HOME": str(tmp_path/"home")}, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
-    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "export", "seed_train"}
+    assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "export", "export_hailo",
+                          "deploy", "seed_train"}
     assert steps["sanity_train"]["metrics"]["data"] == "tfrecord" and steps["sanity_train"]["metrics"]["learned"]
     t = steps["train"]["metrics"]
     assert t["data_path"] == str(tmp_path/"home/rlds/tfrecord") and t["step"] == 200 and t["final_loss"] < 0.1 * t["first_loss"]
@@ -185,7 +186,7 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     h = t["heldout"]                                                            # held-out learning, not memorising
     assert h["heldout_error"] < 0.5 * h["mean_action_error"] and t["warnings"] == [], (h, t["warnings"])
     # the console shows each step's own progress, and none of TensorFlow's log lines
-    assert "    | step   200/200  training loss" in r.stdout and "[7/9] train ok in" in r.stdout, r.stdout[-3000:]
+    assert "    | step   200/200  training loss" in r.stdout and "[7/11] train ok in" in r.stdout, r.stdout[-3000:]
     assert "oneDNN" not in r.stdout + r.stderr and "DATA_LOSS" not in r.stdout + r.stderr
     assert "oneDNN" in (tmp_path/"outputs/pb/tfrecord/kernel.log").read_text()
     # each step's report opens with its result
@@ -196,6 +197,12 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     assert (e["checkpoint_path"], e["checkpoint_step"], e["quantization"]) == (str(tmp_path/"outputs/pb/train/core_model"), 200, "fp16")
     assert e["output_path"] == str(tmp_path/"home/models/core_model_inference") and e["tflite_max_error_std"] <= e["tflite_bound_std"]
     assert (tmp_path/"home/models/core_model_inference/manifest.json").is_file()
+    hh = steps["export_hailo"]["metrics"]                                       # step 8b: beside the bundle, no HEF here
+    assert (hh["bundle"], hh["output_dir"]) == (str(tmp_path/"home/models/core_model_inference"), str(tmp_path/"home/models/core_model_hailo"))
+    assert hh["onnxruntime_max_error_std"] <= 1e-4 and hh["hef"] == "pending"
+    d = steps["deploy"]["metrics"]                                              # step 9: deployed, routed, smoke-tested
+    assert d["model_dir"] == str(tmp_path/"home/model/base_model") and d["backend"] == "jax" and "pending" in d["skipped"]["hailo"]
+    assert (tmp_path/"home/model/base_model/hailo/step.onnx").is_file() and (tmp_path/"home/model/base_model/adapters").is_dir()
     assert steps["upload"]["metrics"]["target"] == "emulator" and steps["upload"]["metrics"]["skipped_second_pass"] > 0
     assert len(list((tmp_path/"home/rlds/tfrecord").glob("*.tfrecord"))) == 2
     for step in steps: assert (tmp_path/f"outputs/pb/{step}/metrics.json").is_file()

@@ -22,7 +22,8 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "jax_models.evaluate": "policy_eval.html",
                 "trainer.local_lora_trainer": "lora_trainer.html", "training": "training.html",
                 "jax_models.data.windows": "windows.html", "jax_models.policy_train": "policy_train.html",
-                "jax_models.export.export_jax": "export_jax.html"}
+                "jax_models.export.export_jax": "export_jax.html", "jax_models.export.export_hailo": "export_hailo.html",
+                "jax_models.export.hailo_compile": "hailo_compile.html", "jax_models.export.inference_router": "inference_router.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 

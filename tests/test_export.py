@@ -106,3 +106,94 @@ def test_export_jax_refuses_what_it_cannot_use(exported, tmp_path):
     assert r.returncode == 2 and "none: no such folder" in r.stderr and not (tmp_path/"b").exists()
     r = run([*EXPORT_JAX, "--output-path", str(tmp_path/"b")])
     assert r.returncode == 2 and "--checkpoint-path and --output-path are required" in r.stderr
+
+
+# Steps 8b and 9: the Hailo folder beside the bundle, the compile script through the compiler's stand-in, deploy and route.
+EXPORT_HAILO = [PY, "-m", "continuonbrain.jax_models.export.export_hailo"]
+ROUTER = [PY, "-m", "continuonbrain.jax_models.export.inference_router"]
+STANDINS = str(ROOT/"tests"/"standins")        # stand-ins for Hailo's compiler and HailoRT (see their docstrings)
+
+
+@pytest.fixture(scope="module")
+def hailo(exported):
+    "Step 8b's command as written, run where step 8a's left its bundle: (the folder, what it printed)."
+    cwd = exported[0]
+    r = run([*EXPORT_HAILO, "--checkpoint-path", "./models/core_model_inference", "--output-dir", "./models/core_model_hailo"],
+            cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return cwd, r.stdout
+
+
+def test_export_hailo_as_written(hailo):
+    cwd, stdout = hailo
+    h = cwd/"models/core_model_hailo"
+    assert "all on the Hailo list" in stdout and "model.hef: pending" in stdout
+    assert not list(h.rglob("*.hef")) and "not importable" in json.loads((h/"model.hef.pending.json").read_text())["why"]
+    rep = json.loads((h/"hailo_report.json").read_text())
+    assert {r["status"] for r in rep["audit"]} == {"accepted"} and rep["onnx"]["opset"] == 13
+    assert not {"Einsum", "Expand", "ReduceSumSquare", "Where", "ConstantOfShape"} & set(rep["onnx"]["operators"])
+    assert rep["onnxruntime"]["max"] <= 1e-4 and rep["int8_standin"]["finite"] and "not the chip" in rep["int8_standin"]["what"]
+    with np.load(h/"calib.npz") as z:                                      # observations and the states a rollout produces
+        assert {"obs", "is_first", "s0", "s1"} <= set(z.files) and np.abs(z["s1"]).max() > 0 and len(z["obs"]) == rep["calibration"]["rows"]
+    m = json.loads((h/"manifest.json").read_text())
+    assert m["source"]["bundle"] == str(cwd/"models/core_model_inference") and m["source"]["data_path"] == DATA_URI
+
+
+def test_compile_script_deploy_and_route_through_the_hailo_standins(hailo, tmp_path):
+    "compile_hef.py on the compiler's stand-in, then deploy, then the router on HailoRT's stand-in with a device present."
+    cwd = hailo[0]
+    shutil.copytree(cwd/"models/core_model_hailo", tmp_path/"hailo")
+    r = run([PY, "compile_hef.py", "--hw-arch", "hailo8l"], cwd=tmp_path/"hailo", env={"PYTHONPATH": STANDINS})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path/"hailo/model.hef").read_bytes().startswith(b"STAND-IN HEF") and not (tmp_path/"hailo/model.hef.pending.json").exists()
+    model_dir = tmp_path/"robot/model/base_model"
+    (tmp_path/"dev").mkdir(); (tmp_path/"dev/hailo0").touch()
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--deploy-from", str(cwd/"models/core_model_inference"), "--hailo-dir",
+             str(tmp_path/"hailo"), "--hailo-devices", str(tmp_path/"dev/hailo*"), "--json"], cwd=cwd,
+            env={"PYTHONPATH": f"{ROOT}:{STANDINS}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["backend"] == "hailo" and rep["action_shape"] == [32] and rep["finite"]
+    assert (model_dir/"hailo/model.hef").is_file() and (model_dir/"adapters").is_dir() and (model_dir/"deploy.json").is_file()
+
+
+def test_router_as_written_falls_back_and_says_why(hailo, tmp_path):
+    cwd = hailo[0]
+    model_dir = tmp_path/"opt/continuonos/brain/model/base_model"
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--deploy-from", "./models/core_model_inference", "--hailo-dir",
+             "./models/core_model_hailo", "--steps", "20"], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 0 and "deployed ./models/core_model_inference" in r.stdout, r.stdout + r.stderr
+    # the playbook's command, as written but for the folder
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--obs-dim", "128", "--action-dim", "32"], cwd=cwd,
+            env={**PLAYBOOK_ENV, "CONTINUON_PREFER_JAX": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("backend: jax\n  skipped hailo: no model.hef: the HEF is pending") and "action shape (32,)" in r.stdout
+    assert "p50" in r.stdout and "p99" in r.stdout
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--json", "--steps", "20"], cwd=cwd, env=PLAYBOOK_ENV)
+    rep = json.loads(r.stdout)
+    assert rep["backend"] == "tflite" and [t["backend"] for t in rep["tried"]] == ["hailo", "tflite"]
+    # HailoRT's stand-in importable, but no device: skipped for that reason
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--json", "--steps", "20", "--hailo-devices", str(tmp_path/"none*")], cwd=cwd,
+            env={"PYTHONPATH": f"{ROOT}:{STANDINS}"})
+    assert json.loads(r.stdout)["tried"][0]["why"].startswith("no model.hef")   # the deployed HEF is pending: that reason comes first
+    r = run([*ROUTER, "--model-dir", str(model_dir), "--obs-dim", "64"], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 2 and "the bundle's model has obs_dim 128, but obs_dim 64 was given" in r.stderr
+    (model_dir/"weights.npz").write_bytes(b"altered")
+    r = run([*ROUTER, "--model-dir", str(model_dir)], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 2 and "weights.npz: 7 bytes" in r.stderr
+
+
+def test_export_hailo_refuses_what_it_cannot_use(hailo, tmp_path):
+    cwd = hailo[0]
+    ops = json.loads((ROOT/"continuonbrain/jax_models/export/hailo_onnx_ops.json").read_text())
+    del ops["accepted"]["Sigmoid"]
+    (tmp_path/"ops.json").write_text(json.dumps(ops))
+    r = run([*EXPORT_HAILO, "--checkpoint-path", "./models/core_model_inference", "--output-dir", str(tmp_path/"h"), "--ops-file",
+             str(tmp_path/"ops.json")], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 2 and "operator Sigmoid (node" in r.stderr and "unlisted" in r.stderr, r.stderr
+    assert not (tmp_path/"h").exists() and not list(tmp_path.glob(".h.*"))
+    r = run([*EXPORT_HAILO, "--checkpoint-path", str(tmp_path/"nothing"), "--output-dir", str(tmp_path/"h")], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 2 and "nothing: no such folder" in r.stderr
+    (tmp_path/"afile").write_text("x")
+    r = run([*EXPORT_HAILO, "--checkpoint-path", "./models/core_model_inference", "--output-dir", str(tmp_path/"afile/h")], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 2 and "afile: is a file, not a folder" in r.stderr, r.stderr

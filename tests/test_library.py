@@ -5,11 +5,12 @@ from conftest import PY, ROOT, run
 
 MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite",
            "rlds.schema", "rlds.validators", "recording.arm_episode_recorder", "jax_models.data.tfrecord_converter",
-           "rlds.export_pipeline", "jax_models.utils.upload_to_gcs", "training", "jax_models.data.windows"]
+           "rlds.export_pipeline", "jax_models.utils.upload_to_gcs", "training", "jax_models.data.windows", "jax_models.export.hailo_compile"]
 WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
             "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "jax_models.core_model", "jax_models.policy_train",
             "jax_models.train.local_sanity_check", "jax_models.train.cloud.tpu_train", "jax_models.evaluate",
-            "trainer.local_lora_trainer", "jax_models.export.export_jax"]   # JAX modules: jax is their core
+            "trainer.local_lora_trainer", "jax_models.export.export_jax", "jax_models.export.export_hailo",
+            "jax_models.export.inference_router"]   # JAX modules: jax is their core
 HEAVY = ["google.cloud.storage", "matplotlib", "papermill", "nbconvert", "nbdev", "tensorflow", "tensorflow_datasets", "jax", "gcp_storage_emulator"]
 
 
@@ -42,7 +43,8 @@ def test_module_paths_of_the_playbook_exist():
               "continuonbrain.jax_models.data.tfrecord_converter", "continuonbrain.rlds.export_pipeline",
               "continuonbrain.jax_models.utils.upload_to_gcs", "continuonbrain.wavecore.model", "continuonbrain.wavecore.train",
               "continuonbrain.wavecore.curriculum", "continuonbrain.wavecore.blocks", "continuonbrain.wavecore.eval",
-              "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale", "continuonbrain.jax_models.export.export_jax"]:
+              "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale", "continuonbrain.jax_models.export.export_jax",
+              "continuonbrain.jax_models.export.export_hailo", "continuonbrain.jax_models.export.inference_router"]:
         assert importlib.util.find_spec(m), m
 
 

@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['QUANTIZATIONS', 'BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BOUNDS', 'TFLITE_FP32_BOUND', 'EXAMPLE_STEPS', 'BundleError',
            'ExportCheckError', 'flat_params', 'check_quantization', 'quantize', 'dequantize', 'set_params',
-           'step_signature', 'rollout', 'jax_step', 'export_step_tflite', 'TFLiteStep', 'read_arrays', 'write_arrays',
-           'read_bundle_json', 'verify_manifest', 'PolicyBundle', 'load_bundle', 'ExportSettings', 'rollout_episodes',
-           'action_error', 'norm_stats', 'write_bundle_files', 'check_bundle', 'export_bundle', 'format_report', 'main']
+           'step_signature', 'step_io', 'rollout', 'jax_step', 'export_step_tflite', 'TFLiteStep', 'read_arrays',
+           'write_arrays', 'read_bundle_json', 'verify_manifest', 'PolicyBundle', 'load_bundle', 'ExportSettings',
+           'rollout_episodes', 'action_error', 'norm_stats', 'write_bundle_files', 'check_bundle', 'export_bundle',
+           'format_report', 'main']
 
 # %% ../../../nbs/16_export_jax.ipynb #ej-imports
 import sys, tempfile, zipfile
@@ -99,6 +100,13 @@ def step_signature(model: CoreModel, batch_size: int = 1):
     specs = [jax.ShapeDtypeStruct((batch_size, model.config.obs_dim), jnp.float32), jax.ShapeDtypeStruct((batch_size,), jnp.float32),
              *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)]
     return f, specs, ["obs", "is_first"] + [f"s{i}" for i in range(len(leaves))]
+
+def step_io(model: CoreModel) -> dict:
+    "The step graph's inputs and outputs (batch 1): names, shapes and dtypes, as `config.json` and `step_io.json` record them."
+    _, specs, names = step_signature(model, 1)
+    outs = [jax.ShapeDtypeStruct((1, model.config.action_dim), jnp.float32), *specs[2:]]
+    io = lambda ns, ss: [{"name": n, "shape": list(s.shape), "dtype": str(np.dtype(s.dtype))} for n, s in zip(ns, ss)]
+    return {"inputs": io(names, specs), "outputs": io(["action"] + [f"{n}_next" for n in names[2:]], outs)}
 
 def rollout(run, obs: np.ndarray, first: np.ndarray, state: list) -> np.ndarray:
     "The actions `[T, B, action_dim]` of a step `run(obs_t, is_first_t, *state) -> (action, *state)` over `obs` `[T, B, obs_dim]`."
@@ -236,13 +244,15 @@ class ExportSettings:
         if self.rollout < 1 or self.episodes < 1: raise ParamError("--rollout and --episodes must be at least 1")
 
 # %% ../../../nbs/16_export_jax.ipynb #ej-episodes
-def rollout_episodes(data_path: str, staging: Path, trained: dict, steps: int, episodes: int) -> tuple[dict, dict]:
-    "The data's `dataset_info.json`, and the first `steps` steps of up to `episodes` held-out episodes, time-major."
+def rollout_episodes(data_path: str, staging: Path, trained: dict, steps: int, episodes: int, split: str = "") -> tuple[dict, dict]:
+    "The data's `dataset_info.json`, and the first `steps` steps of up to `episodes` episodes of `split` (default: held-out `val`, else `train`), time-major."
     from continuonbrain.jax_models.data.windows import dataset_summary, load_windows, stage_data
     if not data_path: raise BundleError("the run records no data path (trained on made-up data?): pass --data-path")
     local = stage_data(data_path, staging/"data")
     info = dataset_summary(local, trained["obs_dim"], trained["action_dim"])
-    split = "val" if info["splits"].get("val", {}).get("episodes") else "train"
+    have = [k for k, v in info["splits"].items() if v.get("episodes")]
+    split = split or ("val" if "val" in have else "train")
+    if split not in have: raise BundleError(f"{data_path}: no {split} episodes (splits with episodes: {', '.join(have) or 'none'})")
     w = load_windows(local, split, steps, trained["obs_dim"], trained["action_dim"])
     rows = np.flatnonzero(w["is_first"][:, 0])[:episodes]
     return info, {"split": split, "observation": w["observation"][rows].transpose(1, 0, 2),
@@ -267,14 +277,11 @@ def write_bundle_files(d: Path, model: CoreModel, info: dict, eps: dict, ref: np
     n = min(EXAMPLE_STEPS, len(ref))
     write_arrays(d/"example.npz", {"observation": eps["observation"][:n, :1], "is_first": eps["is_first"][:n, :1], "action": ref[:n, :1]})
     export_step_tflite(model, d/"step.tflite", quantization)
-    _, specs, names = step_signature(model, 1)
-    io = lambda ns, ss: [{"name": n, "shape": list(s.shape), "dtype": str(np.dtype(s.dtype))} for n, s in zip(ns, ss)]
     store.write_json(d/"config.json", {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "model": model.config.to_dict(), "quantization": quantization,
         "observation_layout": info["observation_layout"], "action_layout": info["action_layout"],
         "files": {"weights": "weights.npz", "norm_stats": "norm_stats.json", "example": "example.npz", "step_graph": "step.tflite"},
-        "step_graph": {"inputs": io(names, specs), "outputs": io(["action"] + [f"{n}_next" for n in names[2:]],
-                                                                  [jax.ShapeDtypeStruct((1, model.config.action_dim), jnp.float32), *specs[2:]])}})
+        "step_graph": step_io(model)})
 
 # %% ../../../nbs/16_export_jax.ipynb #ej-check
 def check_bundle(d: Path, ref: np.ndarray, eps: dict, info: dict, quantization: str) -> dict:
