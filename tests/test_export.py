@@ -162,7 +162,7 @@ def test_router_as_written_falls_back_and_says_why(hailo, tmp_path):
     model_dir = tmp_path/"opt/continuonos/brain/model/base_model"
     r = run([*ROUTER, "--model-dir", str(model_dir), "--deploy-from", "./models/core_model_inference", "--hailo-dir",
              "./models/core_model_hailo", "--steps", "20"], cwd=cwd, env=PLAYBOOK_ENV)
-    assert r.returncode == 0 and "deployed ./models/core_model_inference" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "deployed models/core_model_inference and ./models/core_model_hailo into" in r.stdout, r.stdout + r.stderr
     # the playbook's command, as written but for the folder
     r = run([*ROUTER, "--model-dir", str(model_dir), "--obs-dim", "128", "--action-dim", "32"], cwd=cwd,
             env={**PLAYBOOK_ENV, "CONTINUON_PREFER_JAX": "1"})
