@@ -206,20 +206,16 @@ class InferenceRouter:
         return action[0] if x.ndim == 1 else action
 
 # %% ../../../nbs/18_inference_router.ipynb #ir-smoke
-def _times(f, n: int) -> np.ndarray:
-    t = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter(); f(i); t[i] = time.perf_counter() - t0
-    return t * 1e3
-
-def smoke(r: InferenceRouter, steps: int = 200) -> dict:
-    "Latency of the router's `step` and of the bare backend call at batch 1 (ms, p50 and p99), and the action's shape."
+def smoke(r: InferenceRouter, steps: int = 200, warmup: int = 100) -> dict:
+    "Latency of the router's `step` and of the bare backend call at batch 1 (ms, p50 and p99), interleaved step by step, and the action's shape."
     obs = read_arrays(r.dir/"example.npz")["observation"][:, 0].astype(np.float32)
     r.reset(); action = r.step(obs[0])
-    for i in range(20): r.step(obs[i % len(obs)])
-    routed = _times(lambda i: r.step(obs[i % len(obs)]), steps)
-    state, zero = list(r.state), np.zeros(1, np.float32)
-    bare = _times(lambda i: r.run(obs[i % len(obs)][None], zero, *state), steps)
+    zero, routed, bare = np.zeros(1, np.float32), np.empty(steps), np.empty(steps)
+    for i in range(warmup + steps):
+        o = obs[i % len(obs)]
+        t0 = time.perf_counter(); r.step(o); t1 = time.perf_counter()
+        r.run(o[None], zero, *r.state); t2 = time.perf_counter()
+        if i >= warmup: routed[i - warmup], bare[i - warmup] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
     q = lambda t: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
     return {"backend": r.backend, "tried": r.tried, "steps": steps, "router": q(routed), "bare": q(bare),
             "router_over_bare_p50": float(np.percentile(routed, 50) / np.percentile(bare, 50)), "action_shape": list(action.shape),
