@@ -174,3 +174,13 @@ def test_ctrl_c_marks_the_step_interrupted(tmp_path):
     h = json.loads(run_json.read_text())["steps"]["hardware"]
     assert (h["status"], h["error"]) == ("interrupted", "interrupted (Ctrl-C)")
     assert (tmp_path/"int/hardware/01_hardware.ipynb").exists()
+
+
+def test_export_hailo_without_a_bundle_fails_naming_the_folder(tmp_path):
+    "export_hailo on its own, with no CPU bundle in the brain home: it fails naming the folder, and nothing is made up."
+    r = run([CONTINUON, "run", "export_hailo", "--profile", "local", "--run-id", "t-nobundle", "--outputs", str(tmp_path), "--no-progress"],
+            env={"CONTINUON_HOME": str(tmp_path/"home")})
+    assert r.returncode != 0
+    run_json = json.loads((tmp_path/"t-nobundle/run.json").read_text())["steps"]["export_hailo"]
+    assert run_json["status"] == "failed" and f"{tmp_path}/home/models/core_model_inference: no such folder (expected a bundle written by export_jax)" in run_json["error"]
+    assert not (tmp_path/"home/models/core_model_hailo").exists()

@@ -25,7 +25,10 @@ def deploy(bundle: str | Path, hailo_dir: str | Path | None, model_dir: str | Pa
     "Place the CPU bundle in `model_dir` and the Hailo folder in `model_dir/hailo/`, atomically, keeping `adapters/`; hashes verified after the copy."
     src, md = Path(bundle), Path(model_dir)
     verify_manifest(src)
-    if hailo_dir: verify_manifest(hailo_dir)
+    if hailo_dir:
+        made_from, ours = verify_manifest(hailo_dir).get("source", {}).get("bundle_manifest_sha256"), store.sha256(src/"manifest.json")
+        if made_from != ours: raise BundleError(f"{hailo_dir}: exported from another bundle (its manifest.json names bundle manifest "
+                                                f"{str(made_from)[:12]}..., {src}/manifest.json is {ours[:12]}...)")
     if md.exists() and (not md.is_dir() or (any(md.iterdir()) and not (md/"deploy.json").is_file())):
         raise BundleError(f"{md}: exists and is not a deployed model (no deploy.json); refusing to replace it")
     try: store.check_writable_dir(md.parent)
@@ -59,20 +62,23 @@ def load_tflite(md: Path, threads: int = 1):
     if not (md/"step.tflite").is_file(): raise Skip("no step.tflite in the bundle")
     try: importlib.import_module("ai_edge_litert.interpreter")
     except ImportError as e: raise Skip(f"LiteRT (ai_edge_litert) is not importable ({e})") from None
-    return TFLiteStep(md/"step.tflite", _config_io(md)[0], threads)
+    try: return TFLiteStep(md/"step.tflite", _config_io(md)[0], threads)
+    except BundleError as e: raise Skip(str(e)) from None
 
 def load_onnxruntime(md: Path, threads: int = 1):
     "`hailo/step.onnx` in onnxruntime."
     if not (md/"hailo"/"step.onnx").is_file(): raise Skip("no hailo/step.onnx (deployed without the Hailo folder)")
     try: importlib.import_module("onnxruntime")
     except ImportError as e: raise Skip(f"onnxruntime is not importable ({e})") from None
-    return OrtStep(md/"hailo"/"step.onnx", _config_io(md)[0], threads)
+    try: return OrtStep(md/"hailo"/"step.onnx", _config_io(md)[0], threads)
+    except BundleError as e: raise Skip(str(e)) from None
 
 def load_jax(md: Path, threads: int = 1):
     "The bundle's weights in JAX (the step compiled for each batch size it meets)."
     try: from continuonbrain.jax_models.export.export_jax import jax_step, load_bundle
     except ImportError as e: raise Skip(f"JAX is not importable ({e})") from None
-    model, cache = load_bundle(md, verify=False).model, {}
+    try: model, cache = load_bundle(md, verify=False).model, {}
+    except BundleError as e: raise Skip(str(e)) from None
     def run(obs, first, *state):
         if len(obs) not in cache: cache[len(obs)] = jax_step(model, len(obs))[0]
         return [np.asarray(x) for x in cache[len(obs)](obs, first, *state)]
@@ -174,12 +180,17 @@ class InferenceRouter:
         self.dir = md = Path(s.model_dir)
         if not md.is_dir(): raise BundleError(f"{md}: no such folder (expected a model deployed by inference_router --deploy)")
         verify_manifest(md)
+        hailo_bad = ""
+        if (md/"hailo").is_dir():
+            try: verify_manifest(md/"hailo")
+            except BundleError as e: hailo_bad = f"hailo/ fails its manifest ({e})"
         cfg = read_bundle_json(md/"config.json")
         for what, want, have in (("obs_dim", s.obs_dim, cfg["model"]["obs_dim"]), ("action_dim", s.action_dim, cfg["model"]["action_dim"])):
             if want != have: raise BundleError(f"{md}: the bundle's model has {what} {have}, but {what} {want} was given")
         self.tried, self.backend, self.run = [], None, None
         for name in s.order():
             try:
+                if hailo_bad and name in ("hailo", "onnxruntime"): raise Skip(hailo_bad)
                 run = LOADERS[name](md, s.hailo_devices, s.threads) if name == "hailo" else LOADERS[name](md, s.threads)
                 err = health_check(run, md, _bound(name, cfg["quantization"], s))
             except Skip as e:
@@ -187,7 +198,7 @@ class InferenceRouter:
             self.tried.append({"backend": name, "used": True, "why": f"loaded; the example's largest action error {err:.2e} std"})
             self.backend, self.run = name, run; log(f"using {name} (health check: largest action error {err:.2e} std)"); break
         if self.run is None: raise BundleError(f"{md}: no backend is usable: " + "; ".join(f"{t['backend']}: {t['why']}" for t in self.tried))
-        self.shapes, self.flags = [x[1:] for x in _config_io(md)[1][2:]], {}
+        self.shapes, self.flags, self.obs_dim = [x[1:] for x in _config_io(md)[1][2:]], {}, s.obs_dim
         self.reset()
 
     def reset(self):
@@ -198,8 +209,11 @@ class InferenceRouter:
         "The action for `obs` (`[obs_dim]` -> `[action_dim]`, or `[B, obs_dim]` -> `[B, action_dim]`), the recurrent state carried inside."
         x = np.asarray(obs, np.float32)
         batch = x[None] if x.ndim == 1 else x
+        if batch.ndim != 2 or batch.shape[1] != self.obs_dim: raise ParamError(f"step: an observation of shape {x.shape}; expected [{self.obs_dim}] or [B, {self.obs_dim}]")
         B = len(batch)
-        if self.state is None or len(self.state[0]) != B: self.state, self.first = [np.zeros((B, *x), np.float32) for x in self.shapes], True
+        if self.state is not None and len(self.state[0]) != B:
+            raise ParamError(f"step: a batch of {B} in an episode of batches of {len(self.state[0])}; call reset() to start a new one")
+        if self.state is None: self.state, self.first = [np.zeros((B, *x), np.float32) for x in self.shapes], True
         if B not in self.flags: self.flags[B] = (np.zeros(B, np.float32), np.ones(B, np.float32))
         action, *self.state = run_rows(self.run, batch, self.flags[B][self.first], self.state)
         self.first = False
@@ -225,6 +239,7 @@ def format_smoke(rep: dict) -> str:
     "The smoke run as the command prints it."
     lines = [f"backend: {rep['backend']}"]
     lines += [f"  skipped {t['backend']}: {t['why']}" for t in rep["tried"] if not t["used"]]
+    if not rep["finite"]: lines.append("the actions are NOT finite")
     lines.append(f"{rep['steps']} steps at batch 1: p50 {rep['router']['p50_ms']:.3f} ms, p99 {rep['router']['p99_ms']:.3f} ms "
                  f"(bare backend call p50 {rep['bare']['p50_ms']:.3f} ms, p99 {rep['bare']['p99_ms']:.3f} ms); action shape {tuple(rep['action_shape'])}")
     return "\n".join(lines)
