@@ -172,10 +172,6 @@ def test_router_as_written_falls_back_and_says_why(hailo, tmp_path):
     r = run([*ROUTER, "--model-dir", str(model_dir), "--json", "--steps", "20"], cwd=cwd, env=PLAYBOOK_ENV)
     rep = json.loads(r.stdout)
     assert rep["backend"] == "tflite" and [t["backend"] for t in rep["tried"]] == ["hailo", "tflite"]
-    # HailoRT's stand-in importable, but no device: skipped for that reason
-    r = run([*ROUTER, "--model-dir", str(model_dir), "--json", "--steps", "20", "--hailo-devices", str(tmp_path/"none*")], cwd=cwd,
-            env={"PYTHONPATH": f"{ROOT}:{STANDINS}"})
-    assert json.loads(r.stdout)["tried"][0]["why"].startswith("no model.hef")   # the deployed HEF is pending: that reason comes first
     r = run([*ROUTER, "--model-dir", str(model_dir), "--obs-dim", "64"], cwd=cwd, env=PLAYBOOK_ENV)
     assert r.returncode == 2 and "the bundle's model has obs_dim 128, but obs_dim 64 was given" in r.stderr
     (model_dir/"weights.npz").write_bytes(b"altered")

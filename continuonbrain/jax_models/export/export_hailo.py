@@ -299,8 +299,10 @@ def episodes_for(b, data_path: str, staging: Path, s: HailoSettings) -> tuple[di
     "The data's summary, up to `s.episodes` held-out episodes (`s.rollout` steps) for the checks, and training episodes for calibration."
     if not data_path: raise BundleError(f"{b.path/'manifest.json'}: names no data path; pass --data-path")
     dims = {"obs_dim": b.model.config.obs_dim, "action_dim": b.model.config.action_dim}
-    info, held = rollout_episodes(data_path, staging, dims, s.rollout, s.episodes)
-    _, train = rollout_episodes(data_path, staging, dims, 256, max(1, s.calib_rows // 32), split="train")
+    from continuonbrain.jax_models.data.windows import stage_data
+    local = str(stage_data(data_path, staging/"data"))          # a bucket is fetched once, for both reads
+    info, held = rollout_episodes(local, staging, dims, s.rollout, s.episodes)
+    _, train = rollout_episodes(local, staging, dims, 256, max(1, s.calib_rows // 32), split="train")
     return info, held, train
 
 # %% ../../../nbs/17_export_hailo.ipynb #eh-checks
