@@ -57,8 +57,10 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check continuonbrain tests scripts
 
+# Two workers (pytest-xdist); a module's tests, and the modules that share its fixtures (tests/conftest.py), stay in one.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: $(STAMP) browser
 	$(MAKE) --no-print-directory check-sync

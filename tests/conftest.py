@@ -80,3 +80,53 @@ def scratch_project(tmp_path):
     for nb in (ROOT/"nbs").glob("*.ipynb"): shutil.copy(nb, proj/"nbs")
     shutil.copytree(ROOT/"params", proj/"params")
     return proj
+
+
+# ---- steps 7 to 8b once per session (test_export and test_ota build on them; they run in one xdist worker) ----
+
+EXPORT_JAX = [PY, "-m", "continuonbrain.jax_models.export.export_jax"]
+AS_WRITTEN = ["--checkpoint-path", OUT_URI, "--output-path", "./models/core_model_inference", "--quantization", "fp16"]
+PLAYBOOK_ENV = {"PYTHONPATH": str(ROOT)}            # the playbook runs its commands with PYTHONPATH=$PWD at the repo root
+
+
+@pytest.fixture(scope="session")
+def trained(uploaded, tmp_path_factory):
+    "Step 7's command (small) with its checkpoints in the playbook's bucket path."
+    wipe(OUT_URI)
+    tmp = tmp_path_factory.mktemp("trained")
+    r = run([*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", OUT_URI, "--batch-size", "16", *SMALL, "--staging-dir", str(tmp/"s")], cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return OUT_URI
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    "Step 8a's command as written, run once at a repo-like folder: (the folder, what it printed, the continuon-* folders it left in its TMPDIR)."
+    cwd, tmp = tmp_path_factory.mktemp("robot"), tmp_path_factory.mktemp("export-tmp")
+    r = run([*EXPORT_JAX, *AS_WRITTEN], cwd=cwd, env={**PLAYBOOK_ENV, "TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return cwd, r.stdout, {p.name for p in tmp.glob("continuon-*")}
+
+
+EXPORT_HAILO = [PY, "-m", "continuonbrain.jax_models.export.export_hailo"]
+
+
+@pytest.fixture(scope="session")
+def hailo(exported):
+    "Step 8b's command as written, run where step 8a's left its bundle: (the folder, what it printed)."
+    cwd = exported[0]
+    r = run([*EXPORT_HAILO, "--checkpoint-path", "./models/core_model_inference", "--output-dir", "./models/core_model_hailo"],
+            cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return cwd, r.stdout
+
+
+# Modules that share the session fixtures above run in one xdist worker (`make pytest` runs `-n 2 --dist loadgroup`);
+# every other module is its own group, so a module's fixtures are built once.
+SHARED_GROUPS = {"test_ota": "test_export"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        mod = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(mod, mod)))

@@ -1,39 +1,10 @@
 """Step 8a as the playbook runs it: export_jax on step 7's checkpoint in the emulator's bucket, the bundle loaded where
 the robot loads it (LiteRT alone for step.tflite), an export killed with SIGKILL over an existing bundle, and bad input."""
-import json, os, shutil, signal, subprocess, tempfile, time
-from pathlib import Path
+import json, os, shutil, signal, subprocess, time
 
 import numpy as np
-import pytest
 
-from conftest import DATA_URI, OUT_URI, PY, ROOT, SMALL, TPU_TRAIN, run, wipe
-
-EXPORT_JAX = [PY, "-m", "continuonbrain.jax_models.export.export_jax"]
-AS_WRITTEN = ["--checkpoint-path", OUT_URI, "--output-path", "./models/core_model_inference", "--quantization", "fp16"]
-PLAYBOOK_ENV = {"PYTHONPATH": str(ROOT)}            # the playbook runs its commands with PYTHONPATH=$PWD at the repo root
-
-
-@pytest.fixture(scope="module")
-def trained(uploaded, tmp_path_factory):
-    "Step 7's command (small) with its checkpoints in the playbook's bucket path."
-    wipe(OUT_URI)
-    tmp = tmp_path_factory.mktemp("trained")
-    r = run([*TPU_TRAIN, "--data-path", DATA_URI, "--output-dir", OUT_URI, "--batch-size", "16", *SMALL, "--staging-dir", str(tmp/"s")], cwd=tmp)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return OUT_URI
-
-
-def _litter() -> set:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("continuon-export-*")}
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    "Step 8a's command as written, run once at a repo-like folder: (the folder, what it printed, the temporary folders it left)."
-    cwd, before = tmp_path_factory.mktemp("robot"), _litter()
-    r = run([*EXPORT_JAX, *AS_WRITTEN], cwd=cwd, env=PLAYBOOK_ENV)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return cwd, r.stdout, _litter() - before
+from conftest import AS_WRITTEN, DATA_URI, EXPORT_HAILO, EXPORT_JAX, OUT_URI, PLAYBOOK_ENV, PY, ROOT, run
 
 
 def test_export_jax_as_written_from_the_bucket(exported):
@@ -109,19 +80,8 @@ def test_export_jax_refuses_what_it_cannot_use(exported, tmp_path):
 
 
 # Steps 8b and 9: the Hailo folder beside the bundle, the compile script through the compiler's stand-in, deploy and route.
-EXPORT_HAILO = [PY, "-m", "continuonbrain.jax_models.export.export_hailo"]
 ROUTER = [PY, "-m", "continuonbrain.jax_models.export.inference_router"]
 STANDINS = str(ROOT/"tests"/"standins")        # stand-ins for Hailo's compiler and HailoRT (see their docstrings)
-
-
-@pytest.fixture(scope="module")
-def hailo(exported):
-    "Step 8b's command as written, run where step 8a's left its bundle: (the folder, what it printed)."
-    cwd = exported[0]
-    r = run([*EXPORT_HAILO, "--checkpoint-path", "./models/core_model_inference", "--output-dir", "./models/core_model_hailo"],
-            cwd=cwd, env=PLAYBOOK_ENV)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return cwd, r.stdout
 
 
 def test_export_hailo_as_written(hailo):

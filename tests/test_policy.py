@@ -1,7 +1,6 @@
 """The robot policy as the playbook runs it: step 4's and step 7's commands as written on real TFRecords (gs:// on the
 GCS emulator, 8 simulated devices, two processes as two hosts), SIGKILL and resume, and their failures."""
 import json, os, shutil, signal, subprocess, time
-from pathlib import Path
 
 import numpy as np
 
@@ -147,12 +146,10 @@ def test_evaluate_reads_the_run_from_the_bucket_and_gates_on_the_baselines(uploa
              "--checkpoint-every", "2", "--eval-every", "2", "--staging-dir", str(tmp_path/"s")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ev = [PY, "-m", "continuonbrain.jax_models.evaluate", "--train-dir", out]
-    import tempfile
-    litter = lambda: {p.name for p in Path(tempfile.gettempdir()).glob("continuon-*")}
-    before = litter()
-    r = run(ev, cwd=tmp_path)
+    (tmp_path/"tmp").mkdir()
+    r = run(ev, cwd=tmp_path, env={"TMPDIR": str(tmp_path/"tmp")})
     assert r.returncode == 4 and "the policy does not beat the" in r.stderr, r.stdout + r.stderr   # two steps learn nothing
-    assert litter() <= before                                              # the staged checkpoint and data were removed
+    assert not list((tmp_path/"tmp").glob("continuon-*"))                  # the staged checkpoint and data were removed
     assert "held-out action error" in r.stdout and "ridge's" in r.stdout and "mean action's" in r.stdout
     m = store.read_json(f"{out}/eval/policy_eval.json")                    # the report is written either way, in the bucket
     assert not m["beats_baselines"] and m["step"] == 2 and m["data_path"] == DATA_URI and m["episodes"] == 1

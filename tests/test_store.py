@@ -16,6 +16,9 @@ def test_gcs_round_trip(gcs):
     store.verify(uri, hashlib.sha256(data).hexdigest())
     with pytest.raises(store.ChecksumMismatch, match="gs://continuon-test/t1/blob.bin: sha256 is"):
         store.verify(uri, "0" * 64)
+    assert store.read_bytes(uri, limit=len(data)) == data                  # a reader's limit (endless data is cut off there)
+    with pytest.raises(store.TooLarge, match=f"blob.bin: larger than the {len(data) - 1:,} bytes allowed"):
+        store.read_bytes(uri, limit=len(data) - 1)
 
 
 def test_gcs_listing_is_a_folder_not_a_string_prefix(gcs):

@@ -1,0 +1,205 @@
+"""Step 10's release path as a user runs it: keys, a signed bundle from the model step 9 deployed, uploaded to the emulator's
+bucket, installed on a robot folder through the OTA apply; the attacks of TUF's list against an installed robot; SIGKILL at
+every phase of an apply and during the starts of a new model (real processes), then the robot's next start."""
+import json, os, shutil, signal, subprocess
+
+import pytest
+
+from conftest import PLAYBOOK_ENV, PY, run, wipe
+from continuonbrain import store
+
+BUNDLE = [PY, "-m", "continuonbrain.ota.bundle"]
+APPLY = [PY, "-m", "continuonbrain.ota.apply"]
+ROUTER = [PY, "-m", "continuonbrain.jax_models.export.inference_router"]
+BUCKET = "gs://continuon-rlds/bundles"
+
+
+@pytest.fixture(scope="session")
+def release(hailo, tmp_path_factory):
+    "Step 9's deploy, a release key, its pinned key set, and bundles v1-v3 of the deployed model built with the CLI."
+    cwd, tmp = hailo[0], tmp_path_factory.mktemp("release")
+    r = run([*ROUTER, "--model-dir", str(tmp/"deployed"), "--deploy-from", "./models/core_model_inference", "--hailo-dir",
+             "./models/core_model_hailo", "--steps", "5"], cwd=cwd, env=PLAYBOOK_ENV)
+    assert r.returncode == 0, r.stderr
+    r = run([*BUNDLE, "keygen", "--out", str(tmp/"keys"), "--name", "release"])
+    assert r.returncode == 0 and "keep it secret" in r.stdout, r.stderr
+    assert oct((tmp/"keys/release.key").stat().st_mode & 0o777) == "0o600"
+    r = run([*BUNDLE, "trust", str(tmp/"keys/release.pub.json"), "--out", str(tmp/"trusted_keys.json")])
+    assert r.returncode == 0, r.stderr
+    for v in (1, 2, 3):
+        r = run([*BUNDLE, "build", "--model-dir", str(tmp/"deployed"), "--key", str(tmp/"keys/release.key"), "--version", str(v),
+                 "--out", str(tmp/f"bundle-v{v}")])
+        assert r.returncode == 0 and f"version {v}, " in r.stdout, r.stderr
+    return tmp
+
+
+def robot(tmp_path, release, version: int | None = 1):
+    "A robot OTA folder set up with the release key, registered and paid, with `version` installed and committed (in-process)."
+    from continuonbrain.ota.apply import apply_bundle, init_device, set_subscription, start
+    root = init_device(tmp_path/"robot", release/"trusted_keys.json")
+    set_subscription(root, True, True, "acct-1")
+    if version:
+        apply_bundle(root, str(release/f"bundle-v{version}"), log=lambda m: None)
+        start(root, log=lambda m: None)
+    return root
+
+
+def snapshot(root) -> tuple:
+    "What must not change when a bundle is refused: the pointer and every file of the active slot."
+    from continuonbrain.ota.apply import read_state
+    st = read_state(root)
+    files = store.file_manifest(root/"slots"/st["active"]) if st["active"] else []
+    return (st["active"], st["version"], st["status"], json.dumps(files))
+
+
+def test_the_release_commands_as_written_from_keys_to_an_installed_model(release, gcs, tmp_path):
+    r = run([*BUNDLE, "verify", str(release/"bundle-v2"), "--trust", str(release/"trusted_keys.json")])
+    assert r.returncode == 0 and "verifies: version 2" in r.stdout, r.stderr
+    r = run([*BUNDLE, "show", str(release/"bundle-v2")])
+    assert r.returncode == 0 and "core_model version 2" in r.stdout and "model/hailo/step.onnx" in r.stdout
+    wipe(BUCKET)
+    for f in store.ls(release/"bundle-v2"):                                # the bundle published in the bucket
+        store.copy(f, f"{BUCKET}/v2/{os.path.relpath(f, release/'bundle-v2')}")
+    root = str(tmp_path/"robot")
+    r = run([*APPLY, "init", "--root", root, "--trust", str(release/"trusted_keys.json")])
+    assert r.returncode == 0 and "no model, not subscribed" in r.stdout, r.stderr
+    r = run([*APPLY, "apply", "--root", root, "--bundle", f"{BUCKET}/v2"])
+    assert r.returncode == 3 and "not registered and not paid" in r.stderr and "Traceback" not in r.stderr
+    r = run([*APPLY, "subscription", "--root", root, "--registered", "--paid", "--account-id", "acct-1"])
+    assert r.returncode == 0, r.stderr
+    r = run([*APPLY, "apply", "--root", root, "--bundle", f"{BUCKET}/v2"])
+    assert r.returncode == 0 and "ok: version 2 active in slot a, on trial" in r.stdout, r.stdout + r.stderr
+    r = run([*APPLY, "start", "--root", root])
+    assert r.returncode == 0 and "version 2 committed" in r.stdout and r.stdout.rstrip().endswith("slots/a/model"), r.stdout
+    r = run([*APPLY, "status", "--root", root])
+    assert "active: slot a, version 2 (good)" in r.stdout and "subscription: registered True, paid True" in r.stdout
+    # the router runs from the active slot (with the Hailo folder the bundle carried)
+    r = run([*ROUTER, "--model-dir", f"{root}/slots/a/model", "--json", "--steps", "5"])
+    assert r.returncode == 0 and json.loads(r.stdout)["backend"] == "tflite", r.stderr
+    r = run([*APPLY, "apply", "--root", root, "--bundle", str(release/"bundle-v1")])
+    assert r.returncode == 1 and "version 1 is not above the installed version 2 (a rollback is refused)" in r.stderr
+
+
+def _resign(d, release, **change):
+    "Re-sign `d`'s manifest with the trusted key after changing some of its signed facts."
+    from continuonbrain.ota.bundle import MANIFEST, load_private_key, sign
+    env = json.loads((d/MANIFEST).read_text())
+    (d/MANIFEST).write_text(json.dumps(sign({**env["signed"], **change}, [load_private_key(release/"keys/release.key")])))
+
+
+def _attacks(release, tmp_path) -> dict:
+    "TUF's attack list (and ours) as bundle folders: name -> (folder, the reason the robot must give)."
+    from continuonbrain.ota.bundle import MANIFEST, SAFETY, base_safety, generate_key, load_private_key, sign
+    def copy(name):
+        d = tmp_path/"attacks"/name; shutil.copytree(release/"bundle-v2", d); return d
+    env = json.loads((release/"bundle-v2"/MANIFEST).read_text())
+    out = {}
+    d = copy("unsigned"); (d/MANIFEST).unlink(); out["unsigned"] = (d, "no such file (an unsigned bundle is refused)")
+    d = copy("wrong-key"); k = load_private_key(generate_key(tmp_path/"attacker", "k")["private_path"])
+    (d/MANIFEST).write_text(json.dumps(sign(env["signed"], [k]))); out["wrong key"] = (d, "0 valid signature(s) by trusted keys")
+    d = copy("mix-and-match"); (d/MANIFEST).write_text(json.dumps({**env, "signed": {**env["signed"], "version": 40}}))
+    out["signature over another manifest"] = (d, "0 valid signature(s)")
+    d = copy("changed"); w = d/"model/weights.npz"; b = bytearray(w.read_bytes()); b[1000] ^= 1; w.write_bytes(b); out["file changed"] = (d, "altered after signing")
+    d = copy("added"); (d/"model/hailo/run.sh").write_text("rm -rf /"); out["file added"] = (d, "model/hailo/run.sh is not in the signed manifest")
+    d = copy("removed"); (d/"model/norm_stats.json").unlink(); out["file removed"] = (d, "model/norm_stats.json is in the signed manifest but missing")
+    out["version equal"] = (release/"bundle-v1", "version 1 is not above the installed version 1")
+    d = copy("expired"); _resign(d, release, expires="2021-06-01T00:00:00Z"); out["expired (freeze)"] = (d, "expired at 2021-06-01T00:00:00Z")
+    d = copy("robot"); _resign(d, release, compatible=["continuon-rover"]); out["another robot model"] = (d, "not this robot (continuon-arm-5dof)")
+    d = copy("traversal"); _resign(d, release, files=[{"path": "model/../../../../home/x", "bytes": 1, "sha256": "0" * 64}, *env["signed"]["files"]])
+    out["path traversal"] = (d, "files[0] ('model/../../../../home/x'): not a safe relative path")
+    d = copy("symlink"); (d/"model/hailo/model.hef").symlink_to("/dev/zero"); out["symlink"] = (d, "model.hef: a symbolic link")
+    d = copy("endless"); (d/"model/step.tflite").write_bytes((d/"model/step.tflite").read_bytes() + os.urandom(1 << 20))
+    out["oversized file (endless data)"] = (d, "step.tflite: larger than the")
+    d = copy("loosens"); (d/SAFETY).write_text(json.dumps({**base_safety(), "joint_limits": [[-3.5, 3.5]] * 5}))
+    files = [{**f, "bytes": (d/SAFETY).stat().st_size, "sha256": store.sha256(d/SAFETY)} if f["path"] == SAFETY else f for f in env["signed"]["files"]]
+    _resign(d, release, files=files); out["loosens the safety rules"] = (d, "joint base_yaw: [-3.5, 3.5] goes outside the base [-2.6, 2.6]")
+    d = copy("unhealthy"); (d/SAFETY).write_text(json.dumps({**base_safety(), "max_velocity": 0.001}))   # tighter, but the model breaks it
+    files = [{**f, "bytes": (d/SAFETY).stat().st_size, "sha256": store.sha256(d/SAFETY)} if f["path"] == SAFETY else f for f in env["signed"]["files"]]
+    _resign(d, release, files=files); out["model fails its health check"] = (d, "step(s) break velocity")
+    return out
+
+
+def test_every_attack_is_refused_and_the_installed_model_is_unchanged(release, tmp_path):
+    from continuonbrain.ota.apply import JOURNAL, apply_bundle, history
+    from continuonbrain.ota.bundle import BundleRefused
+    from continuonbrain.ota.apply import HealthCheckFailed
+    root = robot(tmp_path, release, 1)
+    before = snapshot(root)
+    for name, (bundle, why) in _attacks(release, tmp_path).items():
+        with pytest.raises((BundleRefused, HealthCheckFailed), match="") as e:
+            apply_bundle(root, str(bundle), log=lambda m: None)
+            pytest.fail(f"{name}: installed")
+        assert why in str(e.value), (name, str(e.value))
+        assert snapshot(root) == before, name                                 # the same model, untouched
+        assert not (root/"staging").exists() and not (root/JOURNAL).exists() and not (root/"slots/b").exists(), name
+        assert history(root, 1)[0]["event"] == "refused" and why in history(root, 1)[0]["reason"], name
+    r = run([*APPLY, "apply", "--root", str(root), "--bundle", str(tmp_path/"attacks/added")])   # the exit code a user sees
+    assert r.returncode == 1 and "is not in the signed manifest" in r.stderr and "Traceback" not in r.stderr
+    r = run([*APPLY, "apply", "--root", str(root), "--bundle", str(tmp_path/"attacks/unhealthy")])
+    assert r.returncode == 4 and "break velocity" in r.stderr
+
+
+def _kill_at(argv, marker: str) -> str:
+    "Run `argv`, SIGKILL it the moment it prints the line `marker`; what it printed."
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.strip() == marker: os.kill(p.pid, signal.SIGKILL); break
+    p.wait(timeout=120)
+    assert p.returncode == -signal.SIGKILL, f"it ended before {marker!r}: " + "".join(seen)
+    return "".join(seen)
+
+
+@pytest.mark.parametrize("phase", ["fetching", "verified", "installed", "healthy", "switched"])
+def test_sigkill_at_each_phase_of_an_apply_then_a_start(release, tmp_path, phase):
+    "Killed before the switch: the next start is on version 1 (the last-known-good); killed after it: version 2, on trial, then committed."
+    from continuonbrain.ota.apply import JOURNAL, read_state
+    from continuonbrain.jax_models.export.export_jax import verify_manifest
+    root = robot(tmp_path, release, 1)
+    _kill_at([*APPLY, "apply", "--root", str(root), "--bundle", str(release/"bundle-v2")], f"ota: {phase}")
+    interrupted = (root/JOURNAL).exists()                                     # after the switch, it may have removed it
+    assert interrupted or phase == "switched"
+    r = run([*APPLY, "start", "--root", str(root)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = read_state(root)
+    want = (2, "b") if phase == "switched" else (1, "a")
+    assert (st["version"], st["active"], st["status"]) == (*want, "good"), (phase, st, r.stdout)
+    assert not interrupted or ("finished" if phase == "switched" else "undone") in r.stdout, r.stdout
+    verify_manifest(root/"slots"/st["active"]/"model")                       # the model it runs is whole
+    assert not (root/JOURNAL).exists() and not (root/"staging").exists()
+    if phase != "switched": assert not (root/"slots/b").exists()
+
+
+def test_a_new_model_whose_starts_crash_is_rolled_back_after_its_tries(release, tmp_path):
+    "Version 2 switched in; each start is killed during its health check (as a crashing runtime would); the fourth start rolls back."
+    from continuonbrain.ota.apply import apply_bundle, history, read_state
+    root = robot(tmp_path, release, 1)
+    apply_bundle(root, str(release/"bundle-v2"), log=lambda m: None)
+    for n in (1, 2, 3):
+        _kill_at([*APPLY, "start", "--root", str(root)], f"ota: start {n} of 3 for version 2 (on trial)")
+        assert read_state(root)["boots"] == n and read_state(root)["active"] == "b"
+    r = run([*APPLY, "start", "--root", str(root)])
+    assert r.returncode == 0 and "rolled back from version 2 to version 1 (slot a)" in r.stdout, r.stdout + r.stderr
+    assert (read_state(root)["active"], read_state(root)["version"]) == ("a", 1)
+    assert history(root, 1)[0]["reason"] == "version 2 was not committed in its first 3 start(s)"
+    r = run([*APPLY, "apply", "--root", str(root), "--bundle", str(release/"bundle-v2")])   # the version that failed is not taken again
+    assert r.returncode == 1 and "version 2 is not above the installed version 2" in r.stderr
+
+
+def test_sigkill_at_random_moments_of_an_apply_leaves_one_whole_model(release, tmp_path):
+    "Killed after a few fixed-seed random delays: whatever the moment, the next start runs version 1 or 2, whole, and nothing is left over."
+    import random, time
+    from continuonbrain.jax_models.export.export_jax import verify_manifest
+    from continuonbrain.ota.apply import JOURNAL, read_state
+    rng = random.Random(20)
+    for i in range(4):
+        root = robot(tmp_path/str(i), release, 1)
+        p = subprocess.Popen([*APPLY, "apply", "--root", str(root), "--bundle", str(release/"bundle-v2")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 2.0)); p.send_signal(signal.SIGKILL); p.wait()
+        r = run([*APPLY, "start", "--root", str(root)])
+        st = read_state(root)
+        assert r.returncode == 0 and (st["version"], st["active"], st["status"]) in {(1, "a", "good"), (2, "b", "good")}, (st, r.stdout)
+        verify_manifest(root/"slots"/st["active"]/"model")
+        assert not (root/JOURNAL).exists() and not (root/"staging").exists()
