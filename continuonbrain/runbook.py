@@ -46,6 +46,10 @@ STEPS = [
          "the bundle's step as ONNX on the Hailo compiler's operator list, checked in onnxruntime; calibration with recurrent states; int8 stand-in drift; model.hef or its pending note"),
     Step("deploy", "18_inference_router.ipynb",
          "deploy the bundle and the Hailo folder into the robot's model folder atomically; route to the first healthy backend (Hailo, LiteRT, onnxruntime, JAX) and smoke-test it"),
+    Step("shadow", "19b_shadow.ipynb",
+         "shadow-test the deployed model: logged episodes, the simulated arm in shadow and in closed loop; a gate on joint deltas, safety-limit violations and latency"),
+    Step("ota", "19a_ota_apply.ipynb",
+         "ship the model through the signed path: a signed edge bundle with the shadow report, applied to the robot's inactive slot, health-checked, switched and committed"),
     Step("seed_train", "10c_seed_train.ipynb",
          "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]

@@ -203,3 +203,22 @@ def test_sigkill_at_random_moments_of_an_apply_leaves_one_whole_model(release, t
         assert r.returncode == 0 and (st["version"], st["active"], st["status"]) in {(1, "a", "good"), (2, "b", "good")}, (st, r.stdout)
         verify_manifest(root/"slots"/st["active"]/"model")
         assert not (root/JOURNAL).exists() and not (root/"staging").exists()
+
+
+def test_the_step_10_check_as_written(release, tmp_path):
+    "The playbook's step-10 command refuses clearly without the robot; its --shadow mode runs anywhere, on step 9's model."
+    it = [PY, "-m", "continuonbrain.tests.integration_test"]
+    r = run([*it, "--real-hardware"])
+    assert r.returncode == 3 and "refusing --real-hardware: this machine lacks a Raspberry Pi 5" in r.stderr
+    r = run([*it, "--shadow", str(release/"deployed"), "--out", str(tmp_path/"shadow")])
+    assert r.returncode == 0 and "passed: shadow test of the candidate on tflite" in r.stdout, r.stdout + r.stderr
+    rep = json.loads((tmp_path/"shadow/shadow_report.json").read_text())
+    assert rep["passed"] and rep["logged"]["episodes"] and rep["actions_checked"] == 2 * 60 + 6 * 60 + 100 * len(rep["logged"]["episodes"])
+    assert rep["closed_loop"]["scripted"]["success_rate"] > 0.5 and (tmp_path/"shadow/shadow_report.png").read_bytes()[:4] == b"\x89PNG"
+    from continuonbrain.rlds.validators import validate_paths
+    results = validate_paths([tmp_path/"shadow/episodes"], check_media=False)
+    assert len(results) == 2 + 6 + 6 and not [x for x in results if x.errors or x.unreadable]
+    sources = {json.loads(open(x.file).read())["metadata"]["provenance"]["source"] for x in results}
+    assert sources == {"mock", "policy"}
+    r = run([*it, "--shadow", str(tmp_path/"nothing")])
+    assert r.returncode == 2 and "nothing: not a deployed model folder (no config.json)" in r.stderr

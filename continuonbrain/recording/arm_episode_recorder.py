@@ -310,15 +310,16 @@ def episode_id_for(backend: str, seed: int, index: int) -> str:
     return f"{backend}-s{seed}-e{index:04d}"
 
 def _episode_metadata(arm, episode_id: str, hz: float, start_wall: float, seed: int | None, robot_id: str,
-                      environment_id: str, owner: Owner | None) -> EpisodeMetadata:
-    "The metadata of an episode from backend `arm` that starts at `start_wall` (Unix time, s): a real arm's data is not PII-reviewed."
+                      environment_id: str, owner: Owner | None, source: str | None = None) -> EpisodeMetadata:
+    "The metadata of an episode from backend `arm` (or `source`, e.g. policy) that starts at `start_wall` (Unix time, s): a real arm's data is not PII-reviewed."
+    source = source or arm.source
     return EpisodeMetadata(SCHEMA_VERSION, episode_id, robot_id, "continuon-arm-5dof", environment_id,
                            datetime.fromtimestamp(start_wall, timezone.utc).isoformat(timespec="milliseconds"),
                            0.0, hz, list(arm.joint_names), list(arm.capabilities), owner or Owner("local-owner"),
                            Safety(pii_reviewed=arm.source != "real", contains_faces=False, contains_voices=False, consent=True),
-                           Provenance(arm.source, f"continuonbrain.recording.arm_episode_recorder {continuonbrain.__version__}",
+                           Provenance(source, f"continuonbrain.recording.arm_episode_recorder {continuonbrain.__version__}",
                                       socket.gethostname(), truncated=False, recovered=False, anonymized=False, seed=seed),
-                           ["reach", arm.source], _software())
+                           ["reach", source], _software())
 
 # %% ../../nbs/02b_capture.ipynb #015f25d4
 def _step_media(w: EpisodeWriter, o: dict, i: int) -> tuple[MediaRef | None, MediaRef | None]:
@@ -331,12 +332,13 @@ def _step_media(w: EpisodeWriter, o: dict, i: int) -> tuple[MediaRef | None, Med
 # %% ../../nbs/02b_capture.ipynb #30148892
 def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: str, seed: int | None = None,
                    realtime: bool = False, progress=None, robot_id: str = "sim-arm-0001",
-                   environment_id: str = "sim-table", owner: Owner | None = None) -> Path:
-    "Record one episode of `steps` steps from backend `arm`; returns the finalised episode path."
+                   environment_id: str = "sim-table", owner: Owner | None = None, decide=None, source: str | None = None) -> Path:
+    "Record one episode of `steps` steps from backend `arm`, the scripted controller acting unless `decide(i, o, obs) -> (Action, reward)` does; the episode's path."
     period_ns = int(round(1e9 / hz))
     start_wall = time.time()
-    w = EpisodeWriter(out_dir, _episode_metadata(arm, episode_id, hz, start_wall, seed, robot_id, environment_id, owner))
+    w = EpisodeWriter(out_dir, _episode_metadata(arm, episode_id, hz, start_wall, seed, robot_id, environment_id, owner, source))
     ctl = ScriptedController(arm)
+    decide = decide or (lambda i, o, obs: ctl.act(o["robot_state"].joint_positions, np.array(o["goal"])))
     t0_mono, t0_sim = time.monotonic_ns(), 1_000_000_000
     try:
         for i in range(steps):
@@ -345,10 +347,10 @@ def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: 
             wall = int(start_wall * 1000) + (ts - (t0_mono if realtime else t0_sim)) // 1_000_000
             o = arm.observe(i, ts)
             camera, depth = _step_media(w, o, i)
-            action, reward = ctl.act(o["robot_state"].joint_positions, np.array(o["goal"]))
             obs = Observation(o["robot_state"], goal=o["goal"], camera=camera, depth=depth,
                               glove=o.get("glove") or glove_placeholder(ts),      # no glove: a placeholder, valid false
                               language_instruction="reach the red target and grasp it")
+            action, reward = decide(i, o, obs)
             latency = (time.perf_counter() - t_start) * 1000 if realtime else 0.0
             w.add(Step(obs, action, reward, 1.0, i == 0, i == steps - 1, False, ts, wall,
                        Diagnostics(loop_latency_ms=latency, dropped_frames=0)))

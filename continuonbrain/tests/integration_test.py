@@ -113,13 +113,18 @@ def real_stages(root: str | Path, work: Path) -> list[tuple[str, Callable[[], st
 def main(real_hardware: bool = False,  # run on the robot's real devices (refuses when they are absent)
          root: str = "/",              # filesystem root to probe
          keep: bool = False,           # keep the temporary work folder
+         shadow: str = "",             # a deployed model folder: shadow-test it (logged episodes, simulated arm) instead of the smoke
+         out: str = "",                # with --shadow: the report folder (default: shadow/ beside the model folder)
         ) -> int:
-    "Run the end-to-end smoke: mock mode by default, the robot's devices with --real-hardware."
+    "Run the end-to-end smoke: mock mode by default, the robot's devices with --real-hardware; or the shadow test of a model."
     if real_hardware:
         missing = missing_hardware(root)
         if missing:
             print("refusing --real-hardware: this machine lacks " + "; ".join(missing), file=sys.stderr)
             return 3
+    if shadow:                         # step 10's check lives with the release code (continuonbrain.ota.shadow)
+        from continuonbrain.ota.shadow import ShadowSettings, main as shadow_main
+        return shadow_main(ShadowSettings(model_dir=shadow, out=out))
     work = Path(tempfile.mkdtemp(prefix="continuon-smoke-"))
     print(f"integration test ({'real hardware' if real_hardware else 'mock hardware'}), work folder {work}")
     try: results = run_stages(real_stages(root, work) if real_hardware else mock_stages(work))
