@@ -382,6 +382,11 @@ def continuon_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="start", default=None, metavar="STEP", help="first step to run")
     sp.add_argument("--to", dest="stop", default=None, metavar="STEP", help="last step to run")
     _run_options(sp)
+    sp = sub.add_parser("clean-bucket", help="remove stale temporary files (startup-script.sh, *.tmp, cut-off Orbax saves) under a prefix")
+    sp.add_argument("prefix", help="a gs://bucket/prefix (or a local folder)")
+    sp.add_argument("--older-than-minutes", type=float, default=60, help="only files unchanged this long (default: 60)")
+    sp.add_argument("--pattern", action="append", default=None, help=f"a name pattern (repeatable; default: {', '.join(store.TEMPORARY)})")
+    sp.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     return p
 
 # %% ../nbs/90_runbook.ipynb #98e5dc23
@@ -407,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             r = run_step(a.step, a.profile, _pairs(a.p), a.run_id, a.outputs, progress=not a.no_progress)
             print(f"{r.step} {r.status} in {r.seconds:.1f} s -> {r.step_dir}" + (f"\n{r.error}\npartly executed notebook: {r.executed}" if r.error else ""))
             return 0 if r.ok else 130 if r.status == "interrupted" else 1
+        elif a.command == "clean-bucket":
+            found = store.remove_temporary(a.prefix, tuple(a.pattern or store.TEMPORARY), a.older_than_minutes * 60, a.dry_run)
+            for f in found: print(("would remove " if a.dry_run else "removed ") + f)
+            print(f"{len(found)} stale temporary file(s) under {a.prefix}" + (" (dry run: nothing removed)" if a.dry_run else ""))
         elif a.command == "playbook":
             rs = run_playbook(a.profile, a.start, a.stop, a.run_id, a.outputs, progress=not a.no_progress)
             return 0 if all(r.ok for r in rs) else 130 if rs[-1].status == "interrupted" else 1

@@ -3,7 +3,7 @@ import hashlib, json, os, signal, subprocess
 
 import pytest
 
-from conftest import PY, run
+from conftest import BIN, PY, run
 from continuonbrain import store
 
 
@@ -49,6 +49,23 @@ def test_copy_between_local_and_gcs(gcs, tmp_path):
     store.copy("gs://continuon-rlds/copy/b.txt", tmp_path/"back/b.txt")
     assert (tmp_path/"back/b.txt").read_text() == "episode data"
     assert store.sha256(tmp_path/"back/b.txt") == store.sha256(src)
+
+
+def test_clean_bucket_removes_only_stale_temporary_files(gcs):
+    "`continuon clean-bucket` against the emulator: a dry run lists, a fresh temporary file is kept, then only temporary files go."
+    base = "gs://continuon-test/runs/r1"
+    for p in ("startup-script.sh", "checkpoints/8/state", "checkpoints/16.orbax-checkpoint-tmp-7/state", "upload.json.tmp", "keep/startup-script.sh.md"):
+        store.write_text(f"{base}/{p}", "x")
+    cmd = [str(BIN/"continuon"), "clean-bucket", base]
+    r = run(cmd)                                                            # all fresh: a run may still be writing them
+    assert r.returncode == 0 and "0 stale temporary file(s)" in r.stdout, r.stderr
+    r = run([*cmd, "--older-than-minutes", "0", "--dry-run"])
+    assert r.returncode == 0 and r.stdout.count("would remove ") == 3 and len(store.ls(base)) == 5, r.stdout
+    r = run([*cmd, "--older-than-minutes", "0"])
+    assert r.returncode == 0 and f"removed {base}/startup-script.sh" in r.stdout, r.stdout + r.stderr
+    assert store.ls(base) == [f"{base}/checkpoints/8/state", f"{base}/keep/startup-script.sh.md"]
+    r = run([*cmd[:2], "gs://continuon-test/nothing-here"])
+    assert r.returncode == 2 and "no objects under this prefix" in r.stderr
 
 
 def test_cli_writes_its_report_to_gcs(gcs):
