@@ -10,7 +10,7 @@ __all__ = ['TEMPORARY', 'StoreError', 'ArtefactNotFound', 'TooLarge', 'ChecksumM
            'modified', 'temporary_files', 'remove_temporary', 'free_port', 'gcs_emulator']
 
 # %% ../nbs/00a_store.ipynb #91651bb3
-import hashlib, os, shutil, socket, subprocess, sys, tempfile, time
+import hashlib, os, shutil, socket, stat, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -127,13 +127,24 @@ def write_bytes(uri: str | Path, data: bytes) -> str:
         except OSError as e: raise StoreError(f"{uri}: cannot write ({e.strerror})") from None
     return str(uri)
 
+def _read_gcs(uri: str, limit: int | None) -> bytes:
+    b = _blob(uri)
+    with _gcs_errors(uri):
+        if limit is None: return b.download_as_bytes()
+        b.reload()                                     # the size first: a larger object is refused before any of it is read
+        if b.size > limit: raise TooLarge(f"{uri}: {b.size:,} bytes, larger than the {limit:,} bytes allowed")
+        if b.size == 0: return b""
+        return b.download_as_bytes(start=0, end=limit, raw_download=True, timeout=60)   # as stored: no decompression
+
 def read_bytes(uri: str | Path, limit: int | None = None) -> bytes:
-    "The content of a local path or `gs://` URI; with `limit`, at most that many bytes are read and a larger artefact is `TooLarge`."
-    if is_gcs(uri):
-        with _gcs_errors(str(uri)): data = _blob(str(uri)).download_as_bytes(**({} if limit is None else {"start": 0, "end": limit}))
+    "The content of a local path or `gs://` URI (a regular file: not a FIFO or device); with `limit`, a larger artefact is `TooLarge`, unread."
+    if is_gcs(uri): data = _read_gcs(str(uri), limit)
     else:
         try:
-            with open(uri, "rb") as f: data = f.read() if limit is None else f.read(limit + 1)
+            fd = os.open(uri, os.O_RDONLY | os.O_NONBLOCK)          # a FIFO without a writer must not block the reader
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode): raise StoreError(f"{uri}: not a regular file")
+                data = f.read() if limit is None else f.read(limit + 1)
         except FileNotFoundError: raise ArtefactNotFound(f"{uri}: no such file") from None
         except IsADirectoryError: raise StoreError(f"{uri}: is a folder, not a file") from None
         except OSError as e: raise StoreError(f"{uri}: cannot read ({e.strerror})") from None

@@ -17,8 +17,10 @@ def test_gcs_round_trip(gcs):
     with pytest.raises(store.ChecksumMismatch, match="gs://continuon-test/t1/blob.bin: sha256 is"):
         store.verify(uri, "0" * 64)
     assert store.read_bytes(uri, limit=len(data)) == data                  # a reader's limit (endless data is cut off there)
-    with pytest.raises(store.TooLarge, match=f"blob.bin: larger than the {len(data) - 1:,} bytes allowed"):
-        store.read_bytes(uri, limit=len(data) - 1)
+    with pytest.raises(store.TooLarge, match=f"blob.bin: {len(data):,} bytes, larger than the {len(data) - 1:,} bytes allowed"):
+        store.read_bytes(uri, limit=len(data) - 1)                          # refused from its size, before it is read
+    store.write_bytes("gs://continuon-test/t1/empty.bin", b"")
+    assert store.read_bytes("gs://continuon-test/t1/empty.bin", limit=0) == b""
 
 
 def test_gcs_listing_is_a_folder_not_a_string_prefix(gcs):

@@ -78,8 +78,10 @@ def canonical(obj, where: str = "signed") -> bytes:
         if isinstance(x, float): raise BundleRefused(f"{where}: {path} is a float ({x}); signed data holds integers and strings only")
         if isinstance(x, dict): [walk(v, f"{path}.{k}") for k, v in x.items()]
         if isinstance(x, list): [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
-    walk(obj, "signed")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        walk(obj, "signed")
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (UnicodeEncodeError, RecursionError, TypeError) as e: raise BundleRefused(f"{where}: cannot be put in canonical form ({type(e).__name__})") from None
 
 def sign(signed: dict, keys: list) -> dict:
     "The envelope `{signed, signatures}`: `signed` signed by each `(private key, key id)` in `keys`."
@@ -133,7 +135,7 @@ def verify_envelope(env, trust: dict, kind: str, where: str) -> dict:
     if env["signed"].get("type") != kind: raise BundleRefused(f"{where}: signed.type is {env['signed'].get('type')!r}, expected {kind!r}")
     msg, good, seen = canonical(env["signed"], where), set(), []
     for s in env["signatures"]:
-        kid = s.get("keyid") if isinstance(s, dict) else None
+        kid = s.get("keyid") if isinstance(s, dict) and isinstance(s.get("keyid"), str) else None
         seen.append(str(kid)[:12]); k = trust["keys"].get(kid)
         if k is None or kid in good: continue
         try: Ed25519PublicKey.from_public_bytes(bytes.fromhex(k["public"])).verify(base64.b64decode(s.get("sig", ""), validate=True), msg)
@@ -225,12 +227,13 @@ class BundleSettings:
 
 # %% ../../nbs/19_ota_bundle.ipynb #ob-stage
 def _walk(root: Path) -> list[str]:
-    "Every file below `root` as a relative POSIX path; a symbolic link anywhere is refused."
+    "Every file below `root` as a relative POSIX path; a symbolic link or a special file (FIFO, device, socket) anywhere is refused."
     out = []
     for d, dirs, files in os.walk(root):
         for name in dirs + files:
             p = Path(d)/name
             if p.is_symlink(): raise BundleRefused(f"{p}: a symbolic link (a bundle holds plain files only)")
+            if not (p.is_file() or p.is_dir()): raise BundleRefused(f"{p}: not a regular file (a bundle holds plain files only)")
         out += [(Path(d)/f).relative_to(root).as_posix() for f in files]
     return sorted(out)
 
@@ -318,7 +321,8 @@ def check_manifest(m: dict, dev: Device, now_ms: int, where: str):
     try: exp = datetime.strptime(m["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000
     except (KeyError, TypeError, ValueError): raise BundleRefused(f"{where}: expires {m.get('expires')!r} is not a UTC time like 2027-01-31T12:00:00Z") from None
     if now_ms >= exp: raise BundleRefused(f"{where}: expired at {m['expires']} (a stale or frozen bundle is refused)")
-    if dev.robot_model not in (m.get("compatible") or []): raise BundleRefused(f"{where}: for {m.get('compatible')}, not this robot ({dev.robot_model})")
+    compat = m.get("compatible")
+    if not (isinstance(compat, list) and dev.robot_model in compat): raise BundleRefused(f"{where}: for {compat}, not this robot ({dev.robot_model})")
     if _version(m.get("min_runtime_version", "")) > _version(dev.runtime_version):
         raise BundleRefused(f"{where}: needs continuonbrain {m['min_runtime_version']} or later; this robot runs {dev.runtime_version}")
     files = m.get("files")
@@ -342,22 +346,22 @@ def _listing(src: str) -> list[str]:
     if not Path(src).is_dir(): raise OtaError(f"{src}: no such bundle folder")
     return _walk(Path(src))
 
-def read_manifest(src: str, trust: dict) -> dict:
-    "The verified signed part of `src/edge_manifest.json`: read with a size limit, then its signatures checked."
+def read_manifest(src: str, trust: dict) -> tuple[dict, bytes]:
+    "The verified signed part of `src/edge_manifest.json` and the bytes it was read from: read with a size limit, then its signatures checked."
     where = store.join(src, MANIFEST)
     try: raw = store.read_bytes(where, limit=MAX_MANIFEST_BYTES)
     except store.TooLarge as e: raise BundleRefused(str(e)) from None
     except store.StoreError as e: raise BundleRefused(f"{e} (an unsigned bundle is refused)") from None
     try: env = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise BundleRefused(f"{where}: not JSON ({e})") from None
-    return verify_envelope(env, trust, EDGE_TYPE, where)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e: raise BundleRefused(f"{where}: not JSON ({type(e).__name__}: {e})") from None
+    return verify_envelope(env, trust, EDGE_TYPE, where), raw
 
 # %% ../../nbs/19_ota_bundle.ipynb #ob-fetch
 def fetch_bundle(src: str | Path, staging: str | Path, trust: dict, dev: Device = Device(), base: dict | None = None,
                  now_ms: int | None = None) -> dict:
     "Verify bundle `src` and copy its listed files into the new folder `staging`; the signed manifest, or `BundleRefused` (staging removed)."
     src, st = str(src).rstrip("/"), Path(staging)
-    m = read_manifest(src, trust)
+    m, raw = read_manifest(src, trust)                 # the bytes verified are the bytes staged: no second read
     check_manifest(m, dev, int(time.time() * 1000) if now_ms is None else now_ms, store.join(src, MANIFEST))
     listed, present = {f["path"] for f in m["files"]}, set(_listing(src)) - {MANIFEST}
     if (extra := sorted(present - listed)): raise BundleRefused(f"{src}: {extra[0]} is not in the signed manifest ({len(extra)} such file(s))")
@@ -374,7 +378,7 @@ def fetch_bundle(src: str | Path, staging: str | Path, trust: dict, dev: Device 
             store.write_bytes(st/f["path"], data)
         safety = check_safety(store.read_json(st/SAFETY), f"{src}/{SAFETY}")
         if (loose := loosenings(safety, base or base_safety())): raise BundleRefused(f"{src}/{SAFETY}: loosens the base safety rules: " + "; ".join(loose))
-        store.write_bytes(st/MANIFEST, store.read_bytes(store.join(src, MANIFEST), limit=MAX_MANIFEST_BYTES))
+        store.write_bytes(st/MANIFEST, raw)
     except BaseException:
         shutil.rmtree(st, ignore_errors=True); raise
     return m
@@ -402,6 +406,11 @@ def _parser():
     b = sub.add_parser("build", help="build and sign a bundle from a deployed model folder")
     for f in BundleSettings.__dataclass_fields__.values():
         b.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    r = sub.add_parser("rotate", help="write the envelope that moves robots from a pinned key set to new keys")
+    r.add_argument("--trust", required=True, help="the robots' pinned key set now"); r.add_argument("--out", required=True)
+    r.add_argument("--old-key", action="append", required=True, help="a private key the robots trust now (repeatable)")
+    r.add_argument("--new-key", action="append", required=True, help="a new private key (repeatable); its .pub.json must be beside it")
+    r.add_argument("--threshold", type=int, default=1)
     for name, h in (("verify", "verify a bundle against a pinned key set"), ("show", "print a bundle's manifest (unverified: use verify)")):
         v = sub.add_parser(name, help=h); v.add_argument("bundle")
         if name == "verify":
@@ -417,7 +426,7 @@ def _verify(a) -> dict:
     return m
 
 def main(argv: list[str] | None = None) -> int:
-    "The `python -m continuonbrain.ota.bundle` command: keygen, trust, build, verify, show."
+    "The `python -m continuonbrain.ota.bundle` command: keygen, trust, build, rotate, verify, show."
     import sys
     a = _parser().parse_args(argv)
     try:
@@ -425,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "trust":
             store.write_json(a.out, make_trust([read_public_key(p) for p in a.public_keys], a.threshold)); print(f"wrote {a.out}")
         elif a.cmd == "build": build_bundle(BundleSettings(**{f: getattr(a, f) for f in BundleSettings.__dataclass_fields__}))
+        elif a.cmd == "rotate":
+            pubs = [read_public_key(Path(k).with_suffix(".pub.json")) for k in a.new_key]
+            env = rotation(read_trust(a.trust), pubs, [load_private_key(k) for k in a.old_key], [load_private_key(k) for k in a.new_key], a.threshold)
+            store.write_json(a.out, env); print(f"wrote {a.out}: key set version {env['signed']['version']}, {len(pubs)} key(s)")
         elif a.cmd == "verify": _verify(a)
         else:
             env = json.loads(store.read_bytes(store.join(a.bundle, MANIFEST), limit=MAX_MANIFEST_BYTES))

@@ -18,7 +18,7 @@ from .. import store
 from ..config import ContinuonError, ParamError
 from ..jax_models.data.tfrecord_converter import episode_arrays
 from .apply import action_violations
-from .bundle import SAFETY, base_safety, check_safety
+from .bundle import SAFETY, base_safety, check_safety, loosenings
 from ..recording.arm_episode_recorder import MockArm, forward, record_episode
 from ..rlds.schema import Action, to_record
 from ..rlds.validators import episode_files, read_episode, validate_file
@@ -171,6 +171,9 @@ def _setup(s: ShadowSettings):
     cfg = store.read_json(md/"config.json")
     sp = Path(s.safety) if s.safety else md.parent/SAFETY
     safety = check_safety(store.read_json(sp), str(sp)) if (s.safety or sp.is_file()) else base_safety()
+    if (loose := loosenings(safety, base_safety())): raise ShadowError(f"{sp}: loosens the base safety rules: " + "; ".join(loose))
+    j0, j1 = cfg["action_layout"]["joint_targets"]
+    if len(safety["joint_names"]) != j1 - j0: raise ShadowError(f"{sp}: {len(safety['joint_names'])} joints, the model's actions have {j1 - j0}")
     router = InferenceRouter(RouterSettings(model_dir=str(md), obs_dim=cfg["model"]["obs_dim"], action_dim=cfg["model"]["action_dim"]), log=lambda m: None)
     data = s.episodes or store.read_json(md/"manifest.json").get("source", {}).get("data_path", "")
     if not data: raise ShadowError(f"{md}/manifest.json names no data path: pass --episodes")
