@@ -78,6 +78,19 @@ def test_the_release_commands_as_written_from_keys_to_an_installed_model(release
     assert r.returncode == 0 and json.loads(r.stdout)["backend"] == "tflite", r.stderr
     r = run([*APPLY, "apply", "--root", root, "--bundle", str(release/"bundle-v1")])
     assert r.returncode == 1 and "version 1 is not above the installed version 2 (a rollback is refused)" in r.stderr
+    # a key rotation as written: robots then refuse bundles signed by the old key, and install those of the new one
+    r = run([*BUNDLE, "keygen", "--out", str(tmp_path/"keys2"), "--name", "release-2"])
+    r = run([*BUNDLE, "rotate", "--trust", str(release/"trusted_keys.json"), "--old-key", str(release/"keys/release.key"),
+             "--new-key", str(tmp_path/"keys2/release-2.key"), "--out", str(tmp_path/"rotation.json")])
+    assert r.returncode == 0 and "key set version 2" in r.stdout, r.stderr
+    r = run([*APPLY, "rotate-keys", "--root", root, "--rotation", str(tmp_path/"rotation.json")])
+    assert r.returncode == 0 and "pinned key set version 2" in r.stdout, r.stderr
+    r = run([*APPLY, "apply", "--root", root, "--bundle", str(release/"bundle-v3")])
+    assert r.returncode == 1 and "0 valid signature(s) by trusted keys" in r.stderr
+    r = run([*BUNDLE, "build", "--model-dir", str(release/"deployed"), "--key", str(tmp_path/"keys2/release-2.key"), "--version", "3",
+             "--out", str(tmp_path/"v3-new-key")])
+    r = run([*APPLY, "apply", "--root", root, "--bundle", str(tmp_path/"v3-new-key")])
+    assert r.returncode == 0 and "ok: version 3 active in slot b" in r.stdout, r.stdout + r.stderr
 
 
 def _resign(d, release, **change):
