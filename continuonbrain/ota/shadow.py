@@ -272,7 +272,9 @@ def format_shadow(rep: dict) -> str:
              f"  latency: p50 {rep['latency_ms']['p50']:.3f} ms, p99 {rep['latency_ms']['p99']:.3f} ms per router step",
              f"  closed loop: candidate {cl['candidate']['success_rate']:.0%} ({ms(cl['candidate'])}), scripted {cl['scripted']['success_rate']:.0%} "
              f"({ms(cl['scripted'])}) on the same {len(cl['candidate']['episodes'])} held-out seeds"]
-    return "\n".join(lines + [f"  gate: {f}" for f in rep["failures"]])
+    table = ["  joint            mean |delta|   95% |delta|   (logged episodes)"] + [
+        f"  {n:<16} {rep['logged']['mean_delta'][n]:>12.3f} {p95[n]:>13.3f}" for n in p95]
+    return "\n".join(lines + table + [f"  gate: {f}" for f in rep["failures"]])
 
 # %% ../../nbs/19b_shadow.ipynb #sh-main
 def main(settings: ShadowSettings = ShadowSettings()) -> int:
