@@ -173,7 +173,7 @@ BASE_RULES = ("a non-finite action stops the arm", "joint targets are clamped to
 def base_safety() -> dict:
     "The simulated arm's base rules: joint limits (rad), gripper range, velocity limit, the health check's tolerance, rules."
     return {"type": SAFETY_TYPE, "joint_names": list(JOINT_NAMES), "joint_limits": JOINT_LIMITS.tolist(), "gripper": [0.0, 1.0],
-            "max_velocity": 6.0, "control_hz": 10.0, "tolerance": 0.25, "rules": list(BASE_RULES)}
+            "max_velocity": 6.0, "control_hz": 10.0, "tolerance": 0.5, "rules": list(BASE_RULES)}
 
 def check_safety(s, where: str) -> dict:
     "`s` when it is a well-formed safety manifest; else `OtaError` naming the field."
