@@ -169,7 +169,8 @@ def _timed_execute(nb: Path, dst: Path, cwd: Path) -> float:
 
 SLOW_FIRST = ("10c_seed_train", "16_export_jax", "17_export_hailo", "10f_distill", "15_lora_trainer", "11a_policy_train",
               "11_core_model", "10_wavecore_blocks", "14_policy_eval", "18_inference_router", "19b_shadow", "10g_selfplay",
-              "12_sanity_train", "19_ota_bundle", "10a_wavecore_model", "10h_scale", "10e_wavecore_export", "19a_ota_apply")
+              "12_sanity_train", "19_ota_bundle", "10a_wavecore_model", "10h_scale", "10e_wavecore_export", "19a_ota_apply",
+              "20b_api_server")
 
 def execution_order(nbs: list[Path]) -> list[Path]:
     "`nbs` with the slow notebooks first (`SLOW_FIRST`, slowest first, as a fresh-clone build measured them), then the rest in their order."

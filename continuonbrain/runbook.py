@@ -50,6 +50,8 @@ STEPS = [
          "shadow-test the deployed model: logged episodes, the simulated arm in shadow and in closed loop; a gate on joint deltas, safety-limit violations and latency"),
     Step("ota", "19a_ota_apply.ipynb",
          "ship the model through the signed path: a signed edge bundle with the shadow report, applied to the robot's inactive slot, health-checked, switched and committed"),
+    Step("robot_api", "20b_api_server.ipynb",
+         "a new robot claimed through its authenticated API with the pairing code it shows, subscribed from the account side, given its seed through the signed OTA apply; its status and its page"),
     Step("seed_train", "10c_seed_train.ipynb",
          "train the WaveCore seed brain on the synthetic curriculum: checkpoints with exact resume, memory budget, thermal back-off"),
 ]

@@ -175,7 +175,7 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     steps = json.loads((tmp_path/"outputs/pb/run.json").read_text())["steps"]
     assert set(steps) == {"hardware", "capture", "tfrecord", "sanity_train", "export_bundle", "upload", "train", "export", "export_hailo",
-                          "deploy", "shadow", "ota", "seed_train"}
+                          "deploy", "shadow", "ota", "robot_api", "seed_train"}
     assert steps["sanity_train"]["metrics"]["data"] == "tfrecord" and steps["sanity_train"]["metrics"]["learned"]
     t = steps["train"]["metrics"]
     assert t["data_path"] == str(tmp_path/"home/rlds/tfrecord") and t["step"] == 200 and t["final_loss"] < 0.1 * t["first_loss"]
@@ -186,7 +186,7 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     h = t["heldout"]                                                            # held-out learning, not memorising
     assert h["heldout_error"] < 0.5 * h["mean_action_error"] and t["warnings"] == [], (h, t["warnings"])
     # the console shows each step's own progress, and none of TensorFlow's log lines
-    assert "    | step   200/200  training loss" in r.stdout and "[7/13] train ok in" in r.stdout, r.stdout[-3000:]
+    assert "    | step   200/200  training loss" in r.stdout and "[7/14] train ok in" in r.stdout, r.stdout[-3000:]
     assert "oneDNN" not in r.stdout + r.stderr and "DATA_LOSS" not in r.stdout + r.stderr
     assert "oneDNN" in (tmp_path/"outputs/pb/tfrecord/kernel.log").read_text()
     # each step's report opens with its result
@@ -209,6 +209,9 @@ def test_make_playbook_runs_the_data_path_on_the_local_profile(tmp_path):
     o = steps["ota"]["metrics"]                                                 # step 10: installed through the signed path, committed
     assert (o["version"], o["active_slot"], o["status"]) == (1, "a", "good") and o["model_dir"] == str(tmp_path/"home/robot_ota/slots/a/model")
     assert (tmp_path/"home/robot_ota/slots/a/reports/shadow_report.json").is_file() and (tmp_path/"home/keys/release.key").stat().st_mode & 0o077 == 0
+    a = steps["robot_api"]["metrics"]                                           # a new robot claimed through its API, given the seed
+    assert (a["state"], a["seed_version"], a["install"], a["bundle"]) == ("ready", 1, "done", str(tmp_path/"home/bundles/core_model-v1"))
+    assert (tmp_path/"outputs/pb/robot_api/robot_page.png").stat().st_size > 10_000
     assert steps["upload"]["metrics"]["target"] == "emulator" and steps["upload"]["metrics"]["skipped_second_pass"] > 0
     assert len(list((tmp_path/"home/rlds/tfrecord").glob("*.tfrecord"))) == 2
     for step in steps: assert (tmp_path/f"outputs/pb/{step}/metrics.json").is_file()

@@ -6,7 +6,7 @@ from conftest import PY, ROOT, run
 MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_health", "tests.integration_test", "runbook", "docsite",
            "rlds.schema", "rlds.validators", "recording.arm_episode_recorder", "jax_models.data.tfrecord_converter",
            "rlds.export_pipeline", "jax_models.utils.upload_to_gcs", "training", "jax_models.data.windows", "jax_models.export.hailo_compile",
-           "ota.bundle", "ota.apply", "ota.shadow"]
+           "ota.bundle", "ota.apply", "ota.shadow", "api.state", "api.page", "api.server"]
 WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
             "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "jax_models.core_model", "jax_models.policy_train",
             "jax_models.train.local_sanity_check", "jax_models.train.cloud.tpu_train", "jax_models.evaluate",
@@ -46,7 +46,8 @@ def test_module_paths_of_the_playbook_exist():
               "continuonbrain.wavecore.curriculum", "continuonbrain.wavecore.blocks", "continuonbrain.wavecore.eval",
               "continuonbrain.wavecore.export", "continuonbrain.wavecore.scale", "continuonbrain.jax_models.export.export_jax",
               "continuonbrain.jax_models.export.export_hailo", "continuonbrain.jax_models.export.inference_router",
-              "continuonbrain.ota.bundle", "continuonbrain.ota.apply", "continuonbrain.ota.shadow"]:
+              "continuonbrain.ota.bundle", "continuonbrain.ota.apply", "continuonbrain.ota.shadow", "continuonbrain.api",
+              "continuonbrain.api.__main__"]:
         assert importlib.util.find_spec(m), m
 
 
