@@ -310,3 +310,20 @@ def test_the_companion_page_in_headless_chromium_claim_install_ready_clear_token
         page.screenshot(path=str(shots/"4-token-cleared.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+def test_an_install_whose_bundle_fails_verification_is_refused_clearly_and_changes_nothing(seed, tmp_path):
+    import shutil
+    root = new_robot(tmp_path/"robot", seed, version=1)
+    bad = tmp_path/"seed-v2-altered"; shutil.copytree(seed/"seed-v2", bad)
+    (bad/"model"/"config.json").write_text((bad/"model"/"config.json").read_text() + " ")   # one byte more than signed
+    c, code = app_client(root, bad)
+    owner = {"Authorization": f"Bearer {c.post('/api/claim', json={'pairing_code': code, **CLAIM}).json()['token']}"}
+    c.put("/api/accounts/acct-1/subscription", headers=owner, json={"registered": True, "paid": True})
+    slots = {p.name: store.file_manifest(p) for p in (root/"slots").iterdir()}
+    assert c.post("/api/ota/install_seed", headers=owner).status_code == 202
+    while (job := c.get("/api/ota/install", headers=owner).json())["status"] == "running": time.sleep(0.05)
+    assert job["status"] == "failed" and "model/config.json" in job["message"] and job["phase"] in ("fetching", "verified"), job
+    assert {p.name: store.file_manifest(p) for p in (root/"slots").iterdir()} == slots
+    s = c.get("/api/ownership/status", headers=owner).json()
+    assert (s["state"], s["seed_version"], s["seed_status"]) == ("ready", 1, "good")

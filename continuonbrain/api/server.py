@@ -246,7 +246,7 @@ def _owner_routes(app: FastAPI, robot: _Robot):
 # %% ../../nbs/20b_api_server.ipynb #rs-app
 def create_app(s: ServerSettings) -> FastAPI:
     "The FastAPI app of the robot whose OTA folder is `s.root`."
-    app = FastAPI(title="continuonbrain robot API", version=__version__, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+    app = FastAPI(title="continuonbrain robot API", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
                   description="A robot's ownership, subscription and seed install. Tokens go in `Authorization: Bearer`.")
     robot = _Robot(s)
     _handlers(app); _guard(app, s); _page(app); _public_routes(app, robot); _owner_routes(app, robot)

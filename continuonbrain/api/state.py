@@ -182,6 +182,8 @@ def authenticate(db: sqlite3.Connection, authorization: str | None) -> Principal
         raise ApiError(401, "this needs the owner's token: send 'Authorization: Bearer <token>' (claim the robot to get one)")
     row = db.execute("SELECT t.role, t.account_id, t.subject FROM tokens t JOIN ownership o ON o.account_id = t.account_id "
                      "WHERE t.token_sha256 = ? AND t.revoked_at_unix_ms IS NULL", (_sha(token.strip()),)).fetchone()
+    if row is None and db.execute("SELECT 1 FROM ownership").fetchone() is None:
+        raise ApiError(401, "this robot is not claimed: claim it with the pairing code it shows, then use the owner token you get")
     if row is None: raise ApiError(401, "the token is not valid for this robot (wrong, revoked by a release, or from another robot)")
     return Principal(*row)
 
