@@ -50,7 +50,8 @@ def new_robot(path, seed, version: int | None = None) -> Path:
 def app_client(root, bundle="", client=LAN):
     from fastapi.testclient import TestClient
     from continuonbrain.api.server import ServerSettings, create_app, prepare
-    s = ServerSettings(root=str(root), seed_bundle=str(bundle), allowed_hosts=("testserver",))
+    from continuonbrain.api.state import ApiSettings
+    s = ServerSettings(root=str(root), seed_bundle=str(bundle), allowed_hosts=("testserver",), api=ApiSettings(lan_networks=("192.168.1.0/24",)))
     boot = prepare(s, log=lambda m: None)
     return TestClient(create_app(s), client=client, raise_server_exceptions=False), boot["pairing_code"]
 

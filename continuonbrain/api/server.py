@@ -189,7 +189,7 @@ def _public_routes(app: FastAPI, robot: _Robot):
         "The robot's presence: device id, uptime, software and model versions, and whether the caller is on its local network."
         st = ota.read_state(robot.s.root)
         return PingOut(device_id=state.device_id(robot.db()), uptime_s=round(time.monotonic() - robot.started, 3), software_version=__version__,
-                       model_version=st["version"] if st["active"] else None, model_status=st["status"], lan=state.is_lan(_peer(request)))
+                       model_version=st["version"] if st["active"] else None, model_status=st["status"], lan=state.is_lan(_peer(request), robot.s.api.lan_networks))
 
     @app.post("/api/claim", response_model=ClaimOut, status_code=201, responses=_errors(401, 403, 409, 429), tags=["ownership"])
     def claim(body: ClaimIn, request: Request) -> ClaimOut:
@@ -224,7 +224,7 @@ def _owner_routes(app: FastAPI, robot: _Robot):
         "Install the robot's seed bundle through the signed OTA apply (owner or member, local network, subscription active); follow it at /api/ota/install."
         if not robot.s.seed_bundle: raise state.ApiError(409, "this robot has no seed bundle configured (start the API with --seed-bundle)")
         with robot.lock:
-            i = state.begin_install(robot.db(), robot.s.root, p, robot.s.seed_bundle, _peer(request))
+            i = state.begin_install(robot.db(), robot.s.root, p, robot.s.seed_bundle, _peer(request), robot.s.api)
             threading.Thread(target=run_install, args=(robot.s.root, i, robot.s.seed_bundle, robot.s.health_steps, robot.s.api),
                              name=f"install-{i}", daemon=True).start()
         return InstallOut(**state.status(robot.db(), robot.s.root)["install"])
@@ -283,6 +283,7 @@ def _parser():
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: the robot's whole network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--allowed-host", action="append", default=[], help="a Host name to accept besides IP addresses and this machine's name")
+    p.add_argument("--lan-network", action="append", default=[], help="a network (CIDR) to count as local besides the robot's own subnets")
     p.add_argument("--health-steps", type=int, default=16, help="router steps of the OTA health check")
     p.add_argument("--last", type=int, default=20, help="audit: how many of the last state changes")
     return p
@@ -290,7 +291,8 @@ def _parser():
 def main(argv: list[str] | None = None) -> int:
     "The `python -m continuonbrain.api` command."
     a = _parser().parse_args(argv)
-    s = ServerSettings(root=a.root, seed_bundle=a.seed_bundle, allowed_hosts=tuple(a.allowed_host), health_steps=a.health_steps)
+    s = ServerSettings(root=a.root, seed_bundle=a.seed_bundle, allowed_hosts=tuple(a.allowed_host), health_steps=a.health_steps,
+                       api=state.ApiSettings(lan_networks=tuple(a.lan_network)))
     out = lambda m: print(m, flush=True)
     try:
         if a.command == "openapi": out(json.dumps(create_app(s).openapi(), indent=1, sort_keys=True)); return 0
