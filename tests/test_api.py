@@ -56,6 +56,13 @@ def app_client(root, bundle="", client=LAN):
     return TestClient(create_app(s), client=client, raise_server_exceptions=False), boot["pairing_code"]
 
 
+def service_token(root) -> str:
+    "The account service's token, made as on the robot's console (the command as written)."
+    r = run([*API, "service-token", "--root", str(root)])
+    assert r.returncode == 0 and "it is not shown again" in r.stdout, r.stderr
+    return r.stdout.split()[-1]
+
+
 def snapshot(root) -> str:
     "Every piece of state an unauthorised request must leave alone: the API's tables and the OTA folder's records."
     import sqlite3
@@ -76,20 +83,21 @@ def _tokens(c, code) -> dict:
     return {"none": ({}, ""), "wrong": ({"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}, ""),
             "other account": ({"Authorization": f"Bearer {other['token']}"}, ""),          # the previous owner's, of another account
             "elsewhere": ({"Cookie": f"token={owner}", "X-Api-Key": owner, "X-Auth-Token": owner}, f"?token={owner}&access_token={owner}"),
-            "member": ({"Authorization": f"Bearer {member}"}, ""), "owner": ({"Authorization": f"Bearer {owner}"}, "")}
+            "member": ({"Authorization": f"Bearer {member}"}, ""), "owner": ({"Authorization": f"Bearer {owner}"}, ""),
+            "account service": ({"Authorization": f"Bearer {state.new_service_token(c.app.state.robot.db())}"}, "")}
 
 
-def _row(ok: int, member: int | None = None, owner: int | None = None, anyone: int | None = None) -> dict:
+def _row(ok: int, member: int | None = None, owner: int | None = None, anyone: int | None = None, service: int | None = None) -> dict:
     refused = {k: anyone or 401 for k in ("none", "wrong", "other account", "elsewhere")}
-    return {**refused, "member": member or anyone or ok, "owner": owner or anyone or ok}
+    return {**refused, "member": member or anyone or ok, "owner": owner or anyone or ok, "account service": service or anyone or 401}
 
 
 MATRIX = [   # in order: each row's state is what the rows before it left
     ("GET", "/api/ping", None, _row(200, anyone=200)),
     ("GET", "/api/ownership/status", None, _row(200, anyone=200)),
     ("POST", "/api/claim", "code", _row(409, anyone=409)),
-    ("PUT", "/api/accounts/acct-2/subscription", {"registered": True, "paid": True}, _row(403, member=403, owner=403)),
-    ("PUT", "/api/accounts/acct-1/subscription", {"registered": True, "paid": True}, _row(200, member=403)),
+    ("PUT", "/api/accounts/acct-2/subscription", {"registered": True, "paid": True}, _row(403, member=403, owner=403, service=403)),
+    ("PUT", "/api/accounts/acct-1/subscription", {"registered": True, "paid": True}, _row(403, member=403, owner=403, service=200)),
     ("POST", "/api/accounts/acct-2/members", {"member_id": "cy"}, _row(403, member=403, owner=403)),
     ("POST", "/api/accounts/acct-1/members", {"member_id": "cy"}, _row(201, member=403)),
     ("POST", "/api/ota/install_seed", None, _row(202)),
@@ -112,8 +120,8 @@ def test_the_authorization_matrix_every_endpoint_by_every_kind_of_token(seed, tm
             assert r.status_code == expect[who], (method, path, who, r.status_code, r.text)
             assert "Traceback" not in r.text and (r.status_code < 400) == ("error" not in r.json()), r.text
             if r.status_code >= 400 or method == "GET": assert snapshot(root) == before, (method, path, who)
-            while r.status_code == 202 and state.status(state.connect(root), root)["install"]["status"] == "running": time.sleep(0.05)
-    assert len(seen) == len(MATRIX) * 6
+            while r.status_code == 202 and state.last_install(c.app.state.robot.db())["status"] == "running": time.sleep(0.05)
+    assert len(seen) == len(MATRIX) * 7
     assert c.get("/api/ota/install", headers=tokens["owner"][0]).status_code == 401     # released: every token of the account is void
 
 
@@ -127,6 +135,7 @@ def test_the_openapi_spec_fuzzed_in_process_no_500s_and_every_answer_as_document
     root = new_robot(tmp_path/"robot", seed)
     c, code = app_client(root, tmp_path/"no-such-bundle")
     owner = c.post("/api/claim", json={"pairing_code": code, **CLAIM}).json()["token"]
+    service = service_token(root)
 
     async def from_the_lan(scope, receive, send):               # the requests come from the robot's network
         await c.app({**scope, "client": LAN} if scope["type"] == "http" else scope, receive, send)
@@ -136,7 +145,7 @@ def test_the_openapi_spec_fuzzed_in_process_no_500s_and_every_answer_as_document
     ops, seen = [r.ok() for r in schema.get_all_operations()], set()
     assert [op.label for op in ops][-1] == "POST /api/ownership/release" and len(ops) == 8     # release last: the token works until then
     for op in ops:
-        c.put("/api/accounts/acct-1/subscription", headers={"Authorization": f"Bearer {owner}"}, json={"registered": True, "paid": True})
+        c.put("/api/accounts/acct-1/subscription", headers={"Authorization": f"Bearer {service}"}, json={"registered": True, "paid": True})
         for mode in GenerationMode:
             for headers in ({}, {"Authorization": f"Bearer {owner}"}):
                 mine = {"path_parameters": {"account_id": "acct-1"}} if headers and "{account_id}" in op.path else {}   # the owner's own account
@@ -206,7 +215,7 @@ def test_state_survives_a_restart_and_a_sigkill_and_the_console_pairing_code(see
     s = server(root).start()
     assert f"serving the robot's API and page on http://127.0.0.1:{s.port}/" in "".join(s.lines)
     owner = s.call("POST", "/api/claim", json={"pairing_code": s.code(), **CLAIM}).json()["token"]
-    assert s.call("PUT", "/api/accounts/acct-1/subscription", owner, json={"registered": True, "paid": True}).status_code == 200
+    assert s.call("PUT", "/api/accounts/acct-1/subscription", service_token(root), json={"registered": True, "paid": True}).status_code == 200
     before = s.call("GET", "/api/ownership/status", owner).json()
     assert s.stop() in (0, -signal.SIGTERM)                                # SIGTERM: uvicorn stops cleanly, then re-raises it
     s.start()
@@ -248,7 +257,7 @@ def test_sigkill_during_a_seed_install_leaves_the_last_known_good_model_and_a_co
     root = new_robot(tmp_path/"robot", seed, version=1)                     # version 1 installed and committed
     s = server(root, seed/"seed-v2").start()
     owner = s.call("POST", "/api/claim", json={"pairing_code": s.code(), **CLAIM}).json()["token"]
-    s.call("PUT", "/api/accounts/acct-1/subscription", owner, json={"registered": True, "paid": True})
+    assert s.call("PUT", "/api/accounts/acct-1/subscription", service_token(root), json={"registered": True, "paid": True}).status_code == 200
     assert s.call("POST", "/api/ota/install_seed", owner).status_code == 202
     phases, end = [], time.monotonic() + 120
     while (not phases or phases[-1] != "installed") and time.monotonic() < end:   # version 2 in the inactive slot, its health check running
@@ -295,8 +304,7 @@ def test_the_companion_page_in_headless_chromium_claim_install_ready_clear_token
         page.click("#install")                                              # not paid yet: the robot's message, with Retry
         expect(page.locator("#error-text")).to_contain_text("subscription is not active for account acct-1")
         page.screenshot(path=str(shots/"2-not-subscribed.png"), full_page=True)
-        token = page.evaluate("localStorage.getItem(`continuonbrain.token.${document.getElementById('device').textContent}`)")
-        assert s.call("PUT", "/api/accounts/acct-1/subscription", token, json={"registered": True, "paid": True}).status_code == 200
+        assert s.call("PUT", "/api/accounts/acct-1/subscription", service_token(s.root), json={"registered": True, "paid": True}).status_code == 200
         page.click("#retry")
         expect(page.locator("#install")).to_have_attribute("aria-busy", "true")
         expect(page.locator("#install")).to_have_text("Installing\u2026")
@@ -320,7 +328,7 @@ def test_an_install_whose_bundle_fails_verification_is_refused_clearly_and_chang
     (bad/"model"/"config.json").write_text((bad/"model"/"config.json").read_text() + " ")   # one byte more than signed
     c, code = app_client(root, bad)
     owner = {"Authorization": f"Bearer {c.post('/api/claim', json={'pairing_code': code, **CLAIM}).json()['token']}"}
-    c.put("/api/accounts/acct-1/subscription", headers=owner, json={"registered": True, "paid": True})
+    c.put("/api/accounts/acct-1/subscription", headers={"Authorization": f"Bearer {service_token(root)}"}, json={"registered": True, "paid": True})
     slots = {p.name: store.file_manifest(p) for p in (root/"slots").iterdir()}
     assert c.post("/api/ota/install_seed", headers=owner).status_code == 202
     while (job := c.get("/api/ota/install", headers=owner).json())["status"] == "running": time.sleep(0.05)

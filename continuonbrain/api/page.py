@@ -24,8 +24,8 @@ PAGE_HTML = """<!doctype html>
     <label>Owner <input id="owner-id" value="me" required></label>
     <button id="claim-submit" type="submit">Claim this robot</button>
   </form>
-  <div class="actions"><button id="claim" type="button">Claim</button><button id="install" type="button">Install seed</button>
-    <button id="clear-token" type="button" class="quiet">Clear token</button></div>
+  <div class="actions"><button id="claim" type="button" disabled>Claim</button><button id="install" type="button" disabled>Install seed</button>
+    <button id="clear-token" type="button" class="quiet" disabled>Clear token</button></div>
   <p id="progress" hidden></p>
   <div id="error" class="error" role="alert" hidden><span id="error-text"></span> <button id="retry" type="button">Retry</button></div>
 </article></main>
@@ -120,7 +120,8 @@ async function refresh() {
     const p = await api("GET", "/api/ping");
     device = p.device_id; lan = p.lan;
     render(p, await api("GET", "/api/ownership/status"));
-  } catch (err) { showError(err, refresh); }
+    if (retry === refresh) clearError();             // the robot answers again: its earlier refresh error is gone
+  } catch (err) { if (retry === null || retry === refresh) showError(err, refresh); }
 }
 """
 
@@ -136,8 +137,9 @@ async function claim(ev) {
 }
 
 async function install() {
+  let job = null;                                     // Retry after a failed poll follows the same install, never starts another
   await busy($("install"), "Installing\u2026", async () => {
-    let job = await api("POST", "/api/ota/install_seed");
+    job = job && job.status === "running" ? await api("GET", "/api/ota/install") : await api("POST", "/api/ota/install_seed");
     while (job.status === "running") {
       $("progress").hidden = false; $("progress").textContent = `install ${job.id}: ${job.phase}, ${job.message}`;
       await sleep(500); job = await api("GET", "/api/ota/install");

@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['ACCOUNT_TYPES', 'IDENT', 'SCHEMA', 'ALPHABET', 'ALWAYS_LOCAL', 'PHASES', 'ApiError', 'ApiSettings', 'connect',
            'transaction', 'audit', 'audit_log', 'device_id', 'new_pairing_code', 'code_needed', 'interface_networks',
-           'is_lan', 'claim', 'Principal', 'authenticate', 'require', 'add_member', 'release', 'set_subscription',
-           'status', 'begin_install', 'install_progress', 'finish_install', 'interrupted_installs']
+           'is_lan', 'claim', 'Principal', 'authenticate', 'require', 'add_member', 'release', 'new_service_token',
+           'authenticate_service', 'set_subscription', 'status', 'last_install', 'begin_install', 'install_progress',
+           'finish_install', 'interrupted_installs']
 
 # %% ../../nbs/20_api_state.ipynb #ra-imports
 import hashlib, hmac, ipaddress, json, os, re, secrets, socket, sqlite3, time
@@ -59,7 +60,8 @@ def connect(root: str | Path, settings: ApiSettings = ApiSettings()) -> sqlite3.
     "Open the robot's API database in its OTA folder `root` (created 0600 on first use, with the device's id)."
     ota.read_state(root)                                        # refuses a folder that is not a robot's OTA folder
     p = Path(root)/settings.db_name
-    os.close(os.open(p, os.O_CREAT | os.O_RDWR, 0o600))
+    try: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))   # only when new: closing any descriptor of the file
+    except FileExistsError: pass                                            # drops this process's SQLite locks on it (POSIX)
     db = sqlite3.connect(p, timeout=10, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
@@ -75,7 +77,9 @@ def transaction(db: sqlite3.Connection):
     "One write transaction (`BEGIN IMMEDIATE`): committed when the block ends, rolled back when it raises."
     db.execute("BEGIN IMMEDIATE")
     try: yield db
-    except BaseException: db.execute("ROLLBACK"); raise
+    except BaseException:
+        if db.in_transaction: db.execute("ROLLBACK")      # SQLite may have rolled back already (an I/O error): keep the first error
+        raise
     db.execute("COMMIT")
 
 def audit(db: sqlite3.Connection, actor: str, action: str, **detail):
@@ -218,30 +222,51 @@ def add_member(db: sqlite3.Connection, p: Principal, account_id: str, member_id:
         audit(db, p.subject, "member added", account_id=account_id, member_id=member_id)
     return {"token": token, "account_id": account_id, "member_id": member_id}
 
-def release(db: sqlite3.Connection, p: Principal) -> dict:
-    "The owner gives the robot up: ownership cleared, every token of the account revoked."
+def release(db: sqlite3.Connection, root: str | Path, p: Principal) -> dict:
+    "The owner gives the robot up: ownership cleared, every token of the account revoked, the subscription cleared."
     require(p, owner=True)
     with transaction(db):
         n = db.execute("UPDATE tokens SET revoked_at_unix_ms = ? WHERE account_id = ? AND revoked_at_unix_ms IS NULL",
                        (_now_ms(), p.account_id)).rowcount
         db.execute("DELETE FROM ownership")
         audit(db, p.subject, "released", account_id=p.account_id, tokens_revoked=n)
+    ota.set_subscription(root, False, False, "")     # the next claimer's account starts unsubscribed, whatever id it gives
     return {"released": True, "tokens_revoked": n}
 
 # %% ../../nbs/20_api_state.ipynb #ra-sub
-def set_subscription(db: sqlite3.Connection, root: str | Path, p: Principal, account_id: str, registered: bool, paid: bool) -> dict:
-    "The owner of `account_id` sets the robot's subscription (registered, paid)."
-    require(p, account_id, owner=True)
-    with transaction(db):                                      # one writer: the audit row and the record change together
-        rec = ota.set_subscription(root, registered, paid, account_id)
-        audit(db, p.subject, "subscription", account_id=account_id, registered=rec["registered"], paid=rec["paid"])
+def new_service_token(db: sqlite3.Connection, name: str = "account-service") -> str:
+    "A token for the account service, the one caller that sets the robot's subscription (returned once; made on the robot's console)."
+    token = secrets.token_urlsafe(32)
+    with transaction(db):
+        db.execute("INSERT INTO tokens VALUES (?, 'service', '*', ?, ?, NULL)", (_sha(token), _ident("name", name), _now_ms()))
+        audit(db, "robot console", "service token made", name=name)
+    return token
+
+def authenticate_service(db: sqlite3.Connection, authorization: str | None) -> str:
+    "The name of the account service whose `Bearer` token this is; 403 for an owner's or member's token, 401 for anything else."
+    token = (authorization or "").partition(" ")[2].strip() if (authorization or "").lower().startswith("bearer ") else ""
+    row = db.execute("SELECT subject FROM tokens WHERE token_sha256 = ? AND role = 'service' AND revoked_at_unix_ms IS NULL",
+                     (_sha(token),)).fetchone() if token else None
+    if row: return row[0]
+    try: p = authenticate(db, authorization)
+    except ApiError: raise ApiError(401, "this needs the account service's token (made on the robot: python -m continuonbrain.api service-token)") from None
+    raise ApiError(403, f"only the account service sets the subscription, not the {p.role}'s token ({p.subject})")
+
+def set_subscription(db: sqlite3.Connection, root: str | Path, service: str, account_id: str, registered: bool, paid: bool) -> dict:
+    "The account service `service` sets the subscription of `account_id`, which must own the robot."
+    o = db.execute("SELECT account_id FROM ownership").fetchone()
+    if o is None: raise ApiError(409, "this robot is not claimed: a subscription belongs to the account that claims it")
+    if o["account_id"] != account_id: raise ApiError(403, f"this robot does not belong to account {account_id}")
+    with transaction(db):                 # audited first: a crash before the write leaves an audited change that did not happen, never an unaudited one
+        audit(db, service, "subscription", account_id=account_id, registered=bool(registered), paid=bool(paid))
+    rec = ota.set_subscription(root, registered, paid, account_id)
     return {k: rec[k] for k in ("registered", "paid", "account_id")}
 
 def _install_row(r: sqlite3.Row | None) -> dict | None:
     return None if r is None else {k: r[k] for k in ("id", "status", "phase", "message", "version", "started_at_unix_ms", "finished_at_unix_ms")}
 
 def status(db: sqlite3.Connection, root: str | Path, p: Principal | None = None) -> dict:
-    "The robot's ownership, subscription and seed state (account fields only for a principal of the owning account)."
+    "The robot's ownership, subscription and seed state (the account fields and the last install only for a principal of the owning account)."
     o = db.execute("SELECT * FROM ownership").fetchone()
     st, sub = ota.read_state(root), store.read_json(Path(root)/ota.SUBSCRIPTION)
     active = sub.get("registered") is True and sub.get("paid") is True and o is not None and sub.get("account_id") == o["account_id"]
@@ -251,8 +276,11 @@ def status(db: sqlite3.Connection, root: str | Path, p: Principal | None = None)
             "seed_version": st["version"] if st["active"] else None, "seed_status": st["status"],
             "state": "unclaimed" if o is None else ("ready" if seed else "seed_pending"),
             "account_id": o["account_id"] if mine else None, "account_type": o["account_type"] if mine else None,
-            "owner_id": o["owner_id"] if mine else None, "role": p.role if mine else None,
-            "install": _install_row(db.execute("SELECT * FROM installs ORDER BY id DESC LIMIT 1").fetchone())}
+            "owner_id": o["owner_id"] if mine else None, "role": p.role if mine else None, "install": last_install(db) if mine else None}
+
+def last_install(db: sqlite3.Connection) -> dict | None:
+    "The last seed install (None before the first)."
+    return _install_row(db.execute("SELECT * FROM installs ORDER BY id DESC LIMIT 1").fetchone())
 
 # %% ../../nbs/20_api_state.ipynb #ra-inst
 def begin_install(db: sqlite3.Connection, root: str | Path, p: Principal, bundle: str, peer: str | None,
@@ -264,7 +292,8 @@ def begin_install(db: sqlite3.Connection, root: str | Path, p: Principal, bundle
         if not s["subscription_active"]:
             raise ApiError(402, f"the robot's subscription is not active for account {p.account_id} (registered and paid): "
                                 "the account side sets it, then retry")
-        if s["install"] and s["install"]["status"] == "running": raise ApiError(409, f"install {s['install']['id']} is still running")
+        last = last_install(db)
+        if last and last["status"] == "running": raise ApiError(409, f"install {last['id']} is still running")
         cur = db.execute("INSERT INTO installs (status, phase, message, bundle, version, by_subject, started_at_unix_ms) "
                          "VALUES ('running', 'queued', 'waiting to start', ?, NULL, ?, ?)", (bundle, p.subject, _now_ms()))
         audit(db, p.subject, "install started", install=cur.lastrowid, bundle=bundle)
