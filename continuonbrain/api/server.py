@@ -282,7 +282,7 @@ def pairing_loop(s: ServerSettings, stop: threading.Event, log=print, every_s: f
     "Show a fresh pairing code on the robot's log whenever one is needed, until `stop` is set."
     with closing(state.connect(s.root, s.api)) as db:
         while not stop.wait(every_s):
-            if state.code_needed(db):
+            if state.code_needed(db, s.api):
                 log(f"pairing code: {state.new_pairing_code(db, s.api, 'robot')} (valid {s.api.code_ttl_s} s)")
 
 # %% ../../nbs/20b_api_server.ipynb #rs-main
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "openapi": out(json.dumps(create_app(s).openapi(), indent=1, sort_keys=True)); return 0
         if a.command in ("pairing-code", "service-token", "audit"):
             with closing(state.connect(s.root, s.api)) as db:
-                lines = ([f"pairing code: {state.new_pairing_code(db, s.api)} (valid {s.api.code_ttl_s} s)"] if a.command == "pairing-code" else
+                lines = ([f"pairing code: {state.new_pairing_code(db, s.api, unlock=True)} (valid {s.api.code_ttl_s} s)"] if a.command == "pairing-code" else
                          [f"account service token (give it to the account service; it is not shown again): {state.new_service_token(db)}"]
                          if a.command == "service-token" else [json.dumps(e, sort_keys=True) for e in state.audit_log(db, a.last)])
             out("\n".join(lines)); return 0

@@ -102,20 +102,30 @@ def _code_hash(db: sqlite3.Connection, code: str) -> str:
     salt = db.execute("SELECT salt FROM device").fetchone()[0]
     return _sha(salt + re.sub(r"[\s-]", "", str(code)).upper())
 
-def new_pairing_code(db: sqlite3.Connection, settings: ApiSettings = ApiSettings(), actor: str = "robot console") -> str:
-    "A fresh pairing code, valid for `settings.code_ttl_s` (the previous one stops working)."
+def new_pairing_code(db: sqlite3.Connection, settings: ApiSettings = ApiSettings(), actor: str = "robot console", unlock: bool = False) -> str:
+    "A fresh pairing code, valid for `settings.code_ttl_s` (the previous one stops working); `unlock` also ends a lock-out (the console's right)."
     code = "".join(secrets.choice(ALPHABET) for _ in range(8))
     with transaction(db):
         db.execute("UPDATE pairing SET code_sha256 = ?, expires_at_unix_ms = ?", (_code_hash(db, code), _now_ms() + settings.code_ttl_s * 1000))
+        if unlock and db.execute("SELECT locked_until_unix_ms > ? FROM pairing", (_now_ms(),)).fetchone()[0]: audit(db, actor, "claiming unlocked")
+        if unlock: db.execute("UPDATE pairing SET failures = 0, locked_until_unix_ms = 0")
         audit(db, actor, "pairing code shown", valid_s=settings.code_ttl_s)
     return f"{code[:4]}-{code[4:]}"
 
+def _locked_ms(p: sqlite3.Row, settings: ApiSettings, now: int) -> int:
+    "How long claiming stays locked (0: not locked). A lock longer than `lockout_s` means the clock went back: it is over."
+    left = p["locked_until_unix_ms"] - now
+    return left if 0 < left <= settings.lockout_s * 1000 else 0
+
+def _code_valid(p: sqlite3.Row, settings: ApiSettings, now: int) -> bool:
+    "Whether a code is set and unexpired (one valid longer than `code_ttl_s` means the clock went back: expired)."
+    return p["code_sha256"] is not None and 0 < p["expires_at_unix_ms"] - now <= settings.code_ttl_s * 1000
+
 # %% ../../nbs/20_api_state.ipynb #ra-pairneed
-def code_needed(db: sqlite3.Connection) -> bool:
+def code_needed(db: sqlite3.Connection, settings: ApiSettings = ApiSettings()) -> bool:
     "Whether the robot should show a new pairing code: unclaimed, claiming not locked, and no code or an expired one."
     p, now = db.execute("SELECT * FROM pairing").fetchone(), _now_ms()
-    return (db.execute("SELECT 1 FROM ownership").fetchone() is None and p["locked_until_unix_ms"] <= now
-            and (p["code_sha256"] is None or p["expires_at_unix_ms"] <= now))
+    return db.execute("SELECT 1 FROM ownership").fetchone() is None and not _locked_ms(p, settings, now) and not _code_valid(p, settings, now)
 
 # %% ../../nbs/20_api_state.ipynb #ra-lan
 ALWAYS_LOCAL = ("127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10")     # loopback and link-local
@@ -170,10 +180,10 @@ def claim(db: sqlite3.Connection, code: str, account_id: str, account_type: str,
     with transaction(db):
         now, p = _now_ms(), db.execute("SELECT * FROM pairing").fetchone()
         if db.execute("SELECT 1 FROM ownership").fetchone(): raise ApiError(409, "this robot is already claimed; its owner can release it")
-        if p["locked_until_unix_ms"] > now:
-            wait = -(-(p["locked_until_unix_ms"] - now) // 1000)
+        if _locked_ms(p, settings, now):
+            wait = -(-_locked_ms(p, settings, now) // 1000)
             raise ApiError(429, f"too many wrong pairing codes: claiming is locked for {wait} more s", retry_after=wait)
-        if p["code_sha256"] is None or p["expires_at_unix_ms"] <= now:
+        if not _code_valid(p, settings, now):
             raise ApiError(401, "no valid pairing code: show a new one on the robot (python -m continuonbrain.api pairing-code)")
         if not hmac.compare_digest(_code_hash(db, code), p["code_sha256"]): err = _wrong_code(db, p, settings, now)
         else:
