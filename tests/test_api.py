@@ -1,13 +1,14 @@
 """The robot's HTTP API as its users meet it: the authorization matrix over every endpoint, the OpenAPI spec fuzzed
 in-process by schemathesis, a real server process stopped, killed (SIGKILL, also during a seed install) and started
 again, two claims racing, the lock-out, and the companion page driven in headless Chromium by Playwright."""
-import json, os, re, secrets, signal, socket, subprocess, threading, time
+import json, os, re, secrets, signal, subprocess, threading, time
 from pathlib import Path
 
 import pytest
 
 from conftest import PY, run
 from continuonbrain import store
+from continuonbrain.store import free_port
 
 API = [PY, "-m", "continuonbrain.api"]
 LAN, FAR = ("192.168.1.20", 50000), ("8.8.4.4", 50000)
@@ -158,11 +159,6 @@ def test_the_openapi_spec_fuzzed_in_process_no_500s_and_every_answer_as_document
                     assert mode == GenerationMode.NEGATIVE, op.label
     codes = {code for _, code in seen}
     assert {200, 201, 202, 400, 401, 409, 422} <= codes and 500 not in codes, sorted(seen)   # valid and invalid requests both reached the API
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 class Server:

@@ -5,8 +5,7 @@
 # %% auto #0
 __all__ = ['ERRORS', 'SECURITY_HEADERS', 'PAGE_CSP', 'ServerSettings', 'host_allowed', 'ErrorOut', 'PingOut', 'ClaimIn',
            'ClaimOut', 'InstallOut', 'StatusOut', 'SubscriptionIn', 'SubscriptionOut', 'MemberIn', 'MemberOut',
-           'ReleaseOut', 'run_install', 'create_app', 'prepare', 'pairing_loop', 'main', 'free_port', 'serving',
-           'newest_bundle']
+           'ReleaseOut', 'run_install', 'create_app', 'prepare', 'pairing_loop', 'main', 'serving', 'newest_bundle']
 
 # %% ../../nbs/20b_api_server.ipynb #rs-imports
 import ipaddress, json, logging, re, socket, sqlite3, sys, threading, time
@@ -22,7 +21,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, store
 from . import state
 from .page import PAGE_CSS, PAGE_HTML, PAGE_JS
 from ..config import ContinuonError
@@ -330,17 +329,12 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__": raise SystemExit(main())
 
 # %% ../../nbs/20b_api_server.ipynb #rs-thread
-def free_port(host: str = "127.0.0.1") -> int:
-    "A TCP port that is free on `host` now."
-    with socket.socket() as sock:
-        sock.bind((host, 0)); return sock.getsockname()[1]
-
 @contextmanager
 def serving(s: ServerSettings, host: str = "127.0.0.1", port: int = 0, log=print):
     "Prepare the robot and serve its API and page from a background thread; yields the base URL."
     import uvicorn
     boot = prepare(s, log)
-    server = uvicorn.Server(uvicorn.Config(create_app(s), host=host, port=port or free_port(host), proxy_headers=False,
+    server = uvicorn.Server(uvicorn.Config(create_app(s), host=host, port=port or store.free_port(), proxy_headers=False,
                                            server_header=False, log_level="warning"))
     t = threading.Thread(target=server.run, name="continuonbrain-api", daemon=True); t.start()
     while not server.started:

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from continuonbrain import store  # noqa: E402
-from continuonbrain.api.server import free_port  # noqa: E402
+from continuonbrain.store import free_port  # noqa: E402
 from continuonbrain.ota.apply import init_device  # noqa: E402
 from continuonbrain.ota.bundle import generate_key, make_trust, read_public_key  # noqa: E402
 
