@@ -184,3 +184,58 @@ def test_export_hailo_without_a_bundle_fails_naming_the_folder(tmp_path):
     run_json = json.loads((tmp_path/"t-nobundle/run.json").read_text())["steps"]["export_hailo"]
     assert run_json["status"] == "failed" and f"{tmp_path}/home/models/core_model_inference: no such folder (expected a bundle written by export_jax)" in run_json["error"]
     assert not (tmp_path/"home/models/core_model_hailo").exists()
+
+
+def test_papermill_reads_every_step_parameters_cell():
+    "papermill parses a parameters cell itself (a comment holding '=' once made it skip a line and warn); it must see what we see."
+    import nbformat
+    from papermill.translators import PythonTranslator
+    from continuonbrain.config import notebook_parameters
+    for s in STEPS:
+        nb = nbformat.read(ROOT/"nbs"/s.notebook, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert [p.name for p in PythonTranslator.inspect(cell)] == list(notebook_parameters(ROOT/"nbs"/s.notebook)), s.notebook
+
+
+def test_dry_runs_check_the_parameters_and_print_the_plan(scratch_project):
+    "`continuon playbook --dry-run` for the TPU VM and the Pi: every step, what it reads and makes and where; nothing run, nothing written."
+    before = sorted(p.name for p in (ROOT/"outputs").iterdir())
+    r = run([CONTINUON, "playbook", "--profile", "tpu", "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    assert "[1/2] train: nbs/13_tpu_train.ipynb" in r.stdout and "reads  gs://continuon-rlds/rlds/episodes  (bucket; given, not checked (bucket))" in r.stdout
+    assert "reads  gs://continuon-rlds/checkpoints/core_model_v0  (bucket; made by train)" in r.stdout
+    r = run([CONTINUON, "playbook", "--profile", "pi5", "--dry-run"])
+    assert r.returncode == 0 and "[7/7] seed_train" in r.stdout and "makes  /opt/continuonos/brain/rlds/episodes  (brain home)" in r.stdout
+    assert "reads  /opt/continuonos/brain/rlds/tfrecord  (brain home; made by tfrecord)" in r.stdout
+    assert sorted(p.name for p in (ROOT/"outputs").iterdir()) == before                        # no run folder, no home
+    _profile(scratch_project, "bad", "alignment_steps: lots\n")
+    r = run([CONTINUON, "playbook", "--profile", "bad", "--dry-run"], cwd=scratch_project)
+    assert r.returncode == 2 and "params/bad/hardware.yaml: alignment_steps: expected int, got str 'lots'" in r.stderr
+
+
+def test_tpu_plan_and_cleanup_against_the_emulator(gcs, tmp_path):
+    "`continuon tpu plan` stages its three files and prints the gcloud commands (never running them); `cleanup` removes those three and nothing else."
+    keep = ["gs://continuon-rlds/rlds/episodes-2/dataset_info.json", "gs://continuon-rlds/staging/tpu/other/startup-script.sh",
+            "gs://continuon-rlds/startup-script.sh"]
+    for u in keep: store.write_text(u, "not the plan's")
+    r = run([CONTINUON, "tpu", "plan", "--profile", "tpu", "--name", "run2", "--data-path", "gs://continuon-rlds/rlds/episodes-2",
+             "--output-dir", "gs://continuon-rlds/checkpoints/core_model_v1", "--init-from", "gs://continuon-rlds/checkpoints/core_model_v0",
+             "--project", "my-proj", "--out", str(tmp_path/"plan")], env={"PATH": "/usr/bin:/bin"})      # no gcloud anywhere on the PATH
+    assert r.returncode == 0, r.stdout + r.stderr
+    staged = store.ls("gs://continuon-rlds/staging/tpu/run2")
+    assert [u.rsplit("/", 1)[1] for u in staged] == ["plan.json", "source.tar.gz", "startup-script.sh"]
+    assert "--init-from gs://continuon-rlds/checkpoints/core_model_v0" in r.stdout and "--project=my-proj" in r.stdout
+    assert "gcloud compute tpus queued-resources create run2 --node-id=run2 --zone=us-west4-a --project=my-proj --accelerator-type=v5litepod-8" in r.stdout
+    script = store.read_text("gs://continuon-rlds/staging/tpu/run2/startup-script.sh")
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert (tmp_path/"plan/commands.sh").read_text().count("gcloud ") == 7
+    r = run([CONTINUON, "tpu", "cleanup", "--profile", "tpu", "--name", "run2", "--dry-run"])
+    assert r.returncode == 0 and r.stdout.count("would remove ") == 3 and len(store.ls("gs://continuon-rlds/staging/tpu/run2")) == 3
+    r = run([CONTINUON, "tpu", "cleanup", "--profile", "tpu", "--name", "run2"])
+    assert r.returncode == 0 and r.stdout.count("removed ") == 3, r.stdout + r.stderr
+    assert not store.exists("gs://continuon-rlds/staging/tpu/run2/plan.json") and all(store.exists(u) for u in keep)
+    r = run([CONTINUON, "tpu", "cleanup", "--profile", "tpu", "--name", "run2"])
+    assert r.returncode == 2 and "staging/tpu/run2/plan.json: no plan there, so nothing was removed" in r.stderr
+    r = run([CONTINUON, "tpu", "plan", "--profile", "tpu", "--data-path", "/local/data", "--out", str(tmp_path/"bad")])
+    assert r.returncode == 2 and "data_path '/local/data': a TPU run reads and writes a bucket" in r.stderr
+    assert not (tmp_path/"bad").exists()

@@ -176,11 +176,11 @@ def run_warnings(evals: list[dict]) -> list[str]:
     return out
 
 # %% ../../nbs/11a_policy_train.ipynb #37e3f9c9
-def _resume(ckpt: Checkpoints | None, s: PolicySettings, data: PolicyData) -> dict | None:
-    "The newest checkpoint's JSON when there is one to resume from (checked against these settings and this data), else None."
+def _resume(ckpt: Checkpoints | None, s: PolicySettings, data: PolicyData, init_from: str = "") -> dict | None:
+    "The newest checkpoint's JSON when there is one to resume from (checked against these settings, this data and this warm start), else None."
     if ckpt is None or ckpt.latest() is None: return None
     meta = ckpt.meta()
-    check_resume(meta["settings"], s, ckpt.uri, data=data.digest)
+    check_resume(meta["settings"], s, ckpt.uri, data=data.digest, **({"init_from": init_from} if init_from else {}))
     return meta
 
 @patch
@@ -199,23 +199,27 @@ class TrainRun:
     metrics: dict
     model: CoreModel
 
-def _new_meta(run: _PolicyRun, s: PolicySettings, data: PolicyData, horizon: int) -> dict:
-    return {"settings": {**settings_dict(s), "data": data.digest}, "config": run.cfg.to_dict(), "data_path": data.uri,
-            "history": [], "evals": [], "resumed": [], "seconds": 0.0, "schedule_steps": horizon}
+def _new_meta(run: _PolicyRun, s: PolicySettings, data: PolicyData, horizon: int, init_from: str = "") -> dict:
+    return {"settings": {**settings_dict(s), "data": data.digest, **({"init_from": init_from} if init_from else {})},
+            "config": run.cfg.to_dict(), "data_path": data.uri,
+            "history": [], "evals": [], "resumed": [], "seconds": 0.0, "schedule_steps": horizon, "init_from": None}
 
 def _log(host: int, text: str):
     if host == 0: print(text, flush=True)
 
 # %% ../../nbs/11a_policy_train.ipynb #e86b02c6
-def _open(output_dir: str, s: PolicySettings, data: PolicyData, staging_dir, use_async: bool):
-    "The mesh, the checkpoints (None without), the run's state and its JSON: restored when there is a checkpoint to resume from."
+def _open(output_dir: str, s: PolicySettings, data: PolicyData, staging_dir, use_async: bool, init_from: str = ""):
+    "The mesh, the checkpoints (None without), the run's state and its JSON: restored when there is a checkpoint to resume from, else warm-started from `init_from` when given."
     mesh = make_mesh(s.devices)
     if s.batch_size % mesh.size: raise ParamError(f"--batch-size {s.batch_size}: must be a multiple of the {mesh.size} devices")
     if not store.is_gcs(output_dir) and jax.process_index() == 0: store.check_writable_dir(output_dir)
     ckpt = Checkpoints(output_dir, staging_dir, s.keep, use_async) if s.checkpoint_every else None
-    old = _resume(ckpt, s, data)
+    old = _resume(ckpt, s, data, init_from)
     run = _PolicyRun(data, s, mesh, old["schedule_steps"] if old else s.num_steps)
-    if old is None: return mesh, ckpt, run, _new_meta(run, s, data, s.num_steps)
+    if old is None:
+        meta = _new_meta(run, s, data, s.num_steps, init_from)
+        if init_from: meta["init_from"] = run.warm_start(init_from, Path(staging_dir)/"init_from" if staging_dir else None)
+        return mesh, ckpt, run, meta
     meta = run.restore(ckpt, old["step"])
     _log(jax.process_index(), f"resuming from step {old['step']} of {ckpt.uri} (learning-rate schedule of {old['schedule_steps']} steps)"
                               + (f"; already at or past --num-steps {s.num_steps}: nothing to train" if old["step"] >= s.num_steps else ""))
@@ -223,10 +227,10 @@ def _open(output_dir: str, s: PolicySettings, data: PolicyData, staging_dir, use
 
 # %% ../../nbs/11a_policy_train.ipynb #cd665054
 def train_policy(data: PolicyData, output_dir: str, settings: PolicySettings, staging_dir: str | Path | None = None,
-                 stop_at: int = 0, plot: bool = True, use_async: bool = True, report: bool = True) -> TrainRun:
-    "Train a CoreModel on `data`, data parallel over every device (and host); checkpoints, resume, held-out evaluations and (`report`) `metrics.json` and `loss.png` in `output_dir`."
+                 stop_at: int = 0, plot: bool = True, use_async: bool = True, report: bool = True, init_from: str = "") -> TrainRun:
+    "Train a CoreModel on `data`, data parallel over every device (and host); checkpoints, resume, warm start (`init_from`: another run's folder), held-out evaluations and (`report`) `metrics.json` and `loss.png` in `output_dir`."
     s, t_start, host, hosts = settings, time.perf_counter(), jax.process_index(), jax.process_count()
-    mesh, ckpt, run, meta = _open(output_dir, s, data, staging_dir, use_async)
+    mesh, ckpt, run, meta = _open(output_dir, s, data, staging_dir, use_async, init_from)
     step, losses, t_steps, clock, stopped = int(meta.get("step", 0)), [], None, [time.perf_counter()], "num_steps"
     def checkpoint():
         meta["history"] += [float(x) for x in host_copy(losses)]; losses.clear()
@@ -262,7 +266,7 @@ def _metrics(run: _PolicyRun, meta: dict, output_dir: str, ckpt, step: int, stop
     return {"output_dir": output_dir, "checkpoints": ckpt.uri if ckpt else None, "data": run.data.source, "data_path": run.data.uri,
             "data_sha256": run.data.digest,
             "settings": settings_dict(s), "config": run.cfg.to_dict(), "step": step, "stopped_by": stopped,
-            "resumed_at": meta["resumed"], "schedule_steps": meta["schedule_steps"], "devices": run.mesh.size,
+            "resumed_at": meta["resumed"], "schedule_steps": meta["schedule_steps"], "init_from": meta.get("init_from"), "devices": run.mesh.size,
             "hosts": jax.process_count(), "platform": jax.devices()[0].platform,
             "parameters": int(sum(x.size for x in jax.tree.leaves(run.params))),
             "first_loss": hist[0] if hist else None, "final_loss": float(np.mean(hist[-10:])) if hist else None,
@@ -314,6 +318,30 @@ def load_policy(output_dir: str, step: int | None = None, staging_dir: str | Pat
     nnx.update(model, items["params"], items["norm"])
     return model, meta
 
+# %% ../../nbs/11a_policy_train.ipynb #w22a0002
+def _config_diff(old: dict, new: dict, at: str = "") -> list[str]:
+    "The fields where two nested config dicts differ, as 'name was A, now B'."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "(not set)"), new.get(k, "(not set)")
+        if isinstance(a, dict) and isinstance(b, dict): out += _config_diff(a, b, f"{at}{k}.")
+        elif a != b: out.append(f"{at}{k} was {a!r}, now {b!r}")
+    return out
+
+@patch
+def warm_start(self: _PolicyRun, init_from: str, staging_dir: str | Path | None = None) -> dict:
+    "Load the parameters of the newest complete checkpoint under `init_from` into this run (its optimizer stays fresh); what was loaded."
+    with Checkpoints(init_from, staging_dir, create=False) as ckpt:
+        meta = ckpt.meta()
+        if diff := _config_diff(meta["config"], self.cfg.to_dict()):
+            raise ParamError(f"--init-from {init_from}: checkpoint {meta['step']} is another model: " + "; ".join(diff)
+                             + ". Start from a run with the same preset, widths and window")
+        items, _ = ckpt.restore({"params": self.params}, meta["step"])
+    self.params = items["params"]
+    loaded = {"path": str(init_from), "step": int(meta["step"]), "params_sha256": params_digest(host_copy(self.params))}
+    _log(jax.process_index(), f"warm start: the parameters of step {loaded['step']} of {init_from}")
+    return loaded
+
 # %% ../../nbs/11a_policy_train.ipynb #ffb87696
 def default_staging(output_dir: str) -> Path:
     "The local staging folder of a run writing to `output_dir`: `$XDG_CACHE_HOME` (or `~/.cache`)`/continuonbrain/tpu_train/<bucket_prefix>`."
@@ -321,10 +349,10 @@ def default_staging(output_dir: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"continuonbrain"/"tpu_train"/name
 
 def train_from_folder(data_path: str, output_dir: str, settings: PolicySettings, staging_dir: str | Path | None = None,
-                      stop_at: int = 0, plot: bool = True) -> TrainRun:
+                      stop_at: int = 0, plot: bool = True, init_from: str = "") -> TrainRun:
     "Train on the converter's folder at `data_path` (local or gs://): this host's share of its windows, then `train_policy`."
     staging = Path(staging_dir or default_staging(output_dir))
     local = stage_data(data_path, staging/"data")
     data = read_policy_data(local, settings.window, settings.obs_dim, settings.action_dim, shard=(jax.process_index(), jax.process_count()))
     data = dataclasses.replace(data, uri=str(data_path), source=f"TFRecords in {data_path}")
-    return train_policy(data, output_dir, settings, staging, stop_at=stop_at, plot=plot)
+    return train_policy(data, output_dir, settings, staging, stop_at=stop_at, plot=plot, init_from=init_from)

@@ -332,10 +332,12 @@ def _step_media(w: EpisodeWriter, o: dict, i: int) -> tuple[MediaRef | None, Med
 # %% ../../nbs/02b_capture.ipynb #30148892
 def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: str, seed: int | None = None,
                    realtime: bool = False, progress=None, robot_id: str = "sim-arm-0001",
-                   environment_id: str = "sim-table", owner: Owner | None = None, decide=None, source: str | None = None) -> Path:
+                   environment_id: str = "sim-table", owner: Owner | None = None, decide=None, source: str | None = None,
+                   start_wall: float | None = None) -> Path:
     "Record one episode of `steps` steps from backend `arm`, the scripted controller acting unless `decide(i, o, obs) -> (Action, reward)` does; the episode's path."
     period_ns = int(round(1e9 / hz))
-    start_wall = time.time()
+    if start_wall is not None and realtime: raise ContinuonError("a fixed start time is for the simulated clock: not with realtime")
+    start_wall = time.time() if start_wall is None else start_wall
     w = EpisodeWriter(out_dir, _episode_metadata(arm, episode_id, hz, start_wall, seed, robot_id, environment_id, owner, source))
     ctl = ScriptedController(arm)
     decide = decide or (lambda i, o, obs: ctl.act(o["robot_state"].joint_positions, np.array(o["goal"])))
@@ -365,12 +367,22 @@ def record_episode(out_dir: str | Path, arm, steps: int, hz: float, episode_id: 
     return w.finish()
 
 # %% ../../nbs/02b_capture.ipynb #e0d16cd8
+def _start_seconds(start_time: str, realtime: bool) -> float | None:
+    "`--start-time` (ISO 8601, with a time zone) as Unix seconds; None when empty."
+    if not start_time: return None
+    if realtime: raise ContinuonError(f"--start-time {start_time}: only for the simulated clock (sim or mock, without --realtime)")
+    try: t = datetime.fromisoformat(start_time)
+    except ValueError: raise ContinuonError(f"--start-time {start_time!r}: expected an ISO 8601 time such as 2026-01-01T00:00:00+00:00") from None
+    if t.tzinfo is None: raise ContinuonError(f"--start-time {start_time!r}: give the time zone (e.g. +00:00)")
+    return t.timestamp()
+
 def record(output_dir: str | Path, episodes: int = 3, steps: int = 100, hz: float = 10.0, backend: str = "sim",
-           seed: int = 0, realtime: bool = False, progress: bool = True) -> list[Path]:
-    "Recover partial recordings in `output_dir`, then record `episodes` episodes; returns their paths."
+           seed: int = 0, realtime: bool = False, progress: bool = True, start_time: str = "") -> list[Path]:
+    "Recover partial recordings in `output_dir`, then record `episodes` episodes (on the simulated clock from `start_time` when given); returns their paths."
     if backend not in BACKENDS: raise ContinuonError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if episodes < 1 or steps < 1: raise ContinuonError(f"--episodes {episodes} --steps {steps}: both must be at least 1")
     if not 0 < hz <= 1000: raise ContinuonError(f"--hz {hz}: expected a rate in (0, 1000]")
+    start = _start_seconds(start_time, realtime or backend == "real")
     out = Path(output_dir)
     store.check_writable_dir(out)
     for r in recover_episodes(out):
@@ -382,7 +394,8 @@ def record(output_dir: str | Path, episodes: int = 3, steps: int = 100, hz: floa
         for e in range(episodes):
             arm = BACKENDS[backend](seed=seed * 100_003 + e, hz=hz)
             try: paths.append(record_episode(out, arm, steps, hz, episode_id_for(backend, seed, e), seed=seed,
-                                             realtime=realtime or backend == "real", progress=bar))
+                                             realtime=realtime or backend == "real", progress=bar,
+                                             start_wall=None if start is None else start + e * steps / hz))
             finally: arm.close()
     finally: bar.close()
     return paths
@@ -395,6 +408,7 @@ def main(output_dir: str = None,   # folder for the episodes (created); e.g. /op
          backend: str = "sim",     # sim (simulated arm with images), mock (no images, fastest) or real (the robot's drivers)
          seed: int = 0,            # seed of the simulated backends (same seed, same episodes)
          realtime: bool = False,   # sim/mock: hold the rate with the real clock instead of a simulated one
+         start_time: str = "",     # sim/mock: the simulated clock's start, ISO 8601 (default: now); fixed, the same seed records the same bytes
          recover: str = None,      # only finalise the partial recordings in this folder, then exit
          quiet: bool = False,      # no progress bar
         ) -> int:
@@ -406,7 +420,7 @@ def main(output_dir: str = None,   # folder for the episodes (created); e.g. /op
         print(f"recovered {sum(r.path is not None for r in done)} partial recording(s) in {recover}")
         return 0
     if not output_dir: raise ContinuonError("--output-dir is required (or --recover DIR)")
-    paths = record(output_dir, episodes, steps, hz, backend, seed, realtime, progress=not quiet)
+    paths = record(output_dir, episodes, steps, hz, backend, seed, realtime, progress=not quiet, start_time=start_time)
     for p in paths: print(p)
     print(f"recorded {len(paths)} episode(s), {len(paths) * steps} steps, in {output_dir}")
     return 0

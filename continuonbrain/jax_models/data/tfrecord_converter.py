@@ -119,7 +119,7 @@ def episode_example(a: EpisodeArrays, obs_dim: int = OBS_DIM, action_dim: int = 
              "is_terminal": B(a.is_terminal.astype(np.uint8).tobytes()), "timestamp_ns": B(a.timestamp_ns.astype("<i8").tobytes()),
              "language_instruction": B(*[s.encode() for s in a.language])}
     if a.images is not None: feats["image"] = B(*a.images)
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)   # map order fixed: the same episode, the same bytes
 
 def parse_episode(serialized, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, images: bool = False) -> dict:
     "Parse one serialised episode into tensors: observation [T, obs_dim], action [T, action_dim], reward, discount, flags, timestamps."
@@ -311,6 +311,16 @@ RLDS_NAME, RLDS_VERSION = "continuon_rlds", "1.0.0"
 def _png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")   # height, width
 
+def _reserialize(data_dir: Path):
+    "Rewrite TFDS's record files with each example's feature map in key order (TFDS writes maps in no fixed order): the same episodes, the same bytes."
+    tf = import_tf()
+    for f in sorted(Path(data_dir).glob("*.tfrecord-*")):
+        tmp = f.with_name(f".{f.name}.tmp")
+        with tf.io.TFRecordWriter(str(tmp)) as w:
+            for r in tf.data.TFRecordDataset(str(f)).as_numpy_iterator():
+                w.write(tf.train.Example.FromString(r).SerializeToString(deterministic=True))
+        os.replace(tmp, f)
+
 def write_rlds(folder: Path, shards: list[str], compress: bool, obs_dim: int, action_dim: int, n_joints: int) -> Path:
     "Write the episodes in `folder`'s shards as an RLDS (TFDS) dataset under `folder/rlds`; returns its directory."
     tf = import_tf()
@@ -346,6 +356,7 @@ def write_rlds(folder: Path, shards: list[str], compress: bool, obs_dim: int, ac
         name=RLDS_NAME, version=RLDS_VERSION, features=features, split_datasets=splits, data_dir=str(folder/"rlds"),
         description=f"continuonbrain episodes ({n_joints}-joint arm), RLDS layout", disable_shuffling=True, file_format="tfrecord")
     shutil.rmtree(folder/"rlds"/"downloads", ignore_errors=True)
+    _reserialize(Path(b.data_dir))
     return Path(b.data_dir)
 
 # %% ../../../nbs/03_tfrecord.ipynb #e6894c5f

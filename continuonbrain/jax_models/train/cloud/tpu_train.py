@@ -20,11 +20,12 @@ def main(data_path: str = "",              # the converter's folder: a local pat
          settings: PolicySettings = PolicySettings(),
          staging_dir: str = "",            # local folder for the gs:// data copy and checkpoint staging (default ~/.cache/continuonbrain/tpu_train/...)
          stop_at: int = 0,                 # stop (with a checkpoint) after this step; for tests of resuming
+         init_from: str = "",              # warm start: another run's output folder (local or gs://); its newest checkpoint's parameters start this run
         ) -> int:
     "Playbook step 7: data-parallel CoreModel training over every device and host; resumes from its latest checkpoint by itself."
     if not data_path or not output_dir: raise ParamError("--data-path and --output-dir are required")
     how = init_distributed()
-    m = train_from_folder(data_path, output_dir, settings, staging_dir or None, stop_at).metrics
+    m = train_from_folder(data_path, output_dir, settings, staging_dir or None, stop_at, init_from=init_from).metrics
     if jax.process_index() == 0:
         h = m["heldout"]
         ev = f"; held-out action error {h['heldout_error']:.4f} (mean action {h['mean_action_error']:.4f})" if h else ""
