@@ -154,8 +154,12 @@ def plan_tpu_run(train: dict,                 # the train step's resolved parame
               "warnings": [f"uncommitted changes in {project} are not in the staged source: the TPU runs commit {git['commit'][:12]}"] if git["dirty"] else []}
     store.write_json(out/"plan.json", record)
     if upload:
-        store.write_json(f"{staging}/plan.json", record)                     # first: it lists what follows
-        for k, p in files.items(): store.copy(p, f"{staging}/{k}")
+        try:
+            store.write_json(f"{staging}/plan.json", record)                 # first: it lists what follows
+            for k, p in files.items(): store.copy(p, f"{staging}/{k}")
+        except store.StoreError as e:
+            raise type(e)(f"staging the plan in {staging} failed: {e}. The local copies are in {out}; what was staged before "
+                          f"the failure is listed in its plan.json, which `continuon tpu cleanup --name {settings.name}` reads") from None
     return TpuPlan(settings.name, staging, out, record, upload)
 
 # %% ../nbs/88_tpu_plan.ipynb #tp-fmt

@@ -1,5 +1,6 @@
 """The docs site in a real browser: headless Chromium renders every page, the navigation and the API docs."""
 import functools, http.server, importlib, inspect, re, shutil, subprocess, threading
+from pathlib import Path
 from html.parser import HTMLParser
 
 import pytest
@@ -23,7 +24,8 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "trainer.local_lora_trainer": "lora_trainer.html", "training": "training.html",
                 "jax_models.data.windows": "windows.html", "jax_models.policy_train": "policy_train.html",
                 "jax_models.export.export_jax": "export_jax.html", "jax_models.export.export_hailo": "export_hailo.html",
-                "jax_models.export.hailo_compile": "hailo_compile.html", "jax_models.export.inference_router": "inference_router.html"}
+                "jax_models.export.hailo_compile": "hailo_compile.html", "jax_models.export.inference_router": "inference_router.html",
+                "reports": "reports.html", "tpu_plan": "tpu_plan.html"}
 CHROME = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -113,3 +115,28 @@ def test_screenshot(site, tmp_path):
     chromium("--window-size=1280,1600", f"--screenshot={shot}", f"{site}/hardware.html", tmp=tmp_path/"s")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000   # a page with content, not a blank canvas
+
+
+def test_the_playbook_page_links_every_step_to_its_page_and_reference_report(site):
+    "The site's playbook page, in Chromium: every step links to its notebook's page and to its report from the reference run, which opens with the step's result."
+    from playwright.sync_api import sync_playwright
+    from continuonbrain.docsite import REFERENCE_RUN, page_name
+    from continuonbrain.runbook import STEPS
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(f"{site}/playbook.html")
+        assert page.locator("nav.sidebar a.current").inner_text() == "The playbook, step by step"
+        for s in STEPS:
+            row = page.locator(f"tr#step-{s.name}")
+            hrefs = row.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+            ref = f"{REFERENCE_RUN}/{s.name}/{Path(s.notebook).stem}.html"
+            assert hrefs == [page_name(s.notebook), ref], (s.name, hrefs)
+        for s in STEPS:
+            page.goto(f"{site}/{REFERENCE_RUN}/{s.name}/{Path(s.notebook).stem}.html")
+            assert f"Result: {s.name} ok in" in page.inner_text("body"), s.name
+            assert page.evaluate("Array.from(document.styleSheets).some(x => x.href && x.href.endsWith('.css') && x.cssRules.length > 100)"), s.name  # its shared style sheet loaded
+        page.goto(f"{site}/{REFERENCE_RUN}/overview.html")
+        assert f"{len(STEPS)} of {len(STEPS)} step(s) ok" in page.inner_text("body")
+        assert min(page.eval_on_selector_all("img", "is => is.map(i => i.naturalWidth)")) > 0
+        browser.close()

@@ -1,5 +1,5 @@
 """The runbook runner as a user drives it: `continuon steps/run/playbook/params`, parameters, provenance, failures."""
-import json, signal, subprocess, time
+import json, shutil, signal, subprocess, time
 from pathlib import Path
 
 from conftest import BIN, ROOT, run
@@ -213,7 +213,7 @@ def test_dry_runs_check_the_parameters_and_print_the_plan(scratch_project):
     assert r.returncode == 2 and "params/bad/hardware.yaml: alignment_steps: expected int, got str 'lots'" in r.stderr
 
 
-def test_tpu_plan_and_cleanup_against_the_emulator(gcs, tmp_path):
+def test_tpu_plan_and_cleanup_against_the_emulator(gcs, tmp_path, scratch_project):
     "`continuon tpu plan` stages its three files and prints the gcloud commands (never running them); `cleanup` removes those three and nothing else."
     keep = ["gs://continuon-rlds/rlds/episodes-2/dataset_info.json", "gs://continuon-rlds/staging/tpu/other/startup-script.sh",
             "gs://continuon-rlds/startup-script.sh"]
@@ -236,6 +236,14 @@ def test_tpu_plan_and_cleanup_against_the_emulator(gcs, tmp_path):
     assert not store.exists("gs://continuon-rlds/staging/tpu/run2/plan.json") and all(store.exists(u) for u in keep)
     r = run([CONTINUON, "tpu", "cleanup", "--profile", "tpu", "--name", "run2"])
     assert r.returncode == 2 and "staging/tpu/run2/plan.json: no plan there, so nothing was removed" in r.stderr
+    nowhere = scratch_project/"params/nowhere"                                                   # a profile whose bucket does not exist
+    shutil.copytree(ROOT/"params/tpu", nowhere)
+    (nowhere/"profile.yaml").write_text((nowhere/"profile.yaml").read_text().replace("gs://continuon-rlds", "gs://no-such-bucket"))
+    subprocess.run(["git", "init", "-q", str(scratch_project)], check=True)
+    subprocess.run(["git", "-C", str(scratch_project), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    r = run([CONTINUON, "tpu", "plan", "--profile", "nowhere", "--name", "run3", "--out", str(tmp_path/"run3")], cwd=scratch_project)
+    assert r.returncode != 0 and "staging the plan in gs://no-such-bucket/staging/tpu/run3 failed" in r.stderr, r.stderr
+    assert f"The local copies are in {tmp_path/'run3'}" in r.stderr and (tmp_path/"run3/startup-script.sh").is_file()
     r = run([CONTINUON, "tpu", "plan", "--profile", "tpu", "--data-path", "/local/data", "--out", str(tmp_path/"bad")])
     assert r.returncode == 2 and "data_path '/local/data': a TPU run reads and writes a bucket" in r.stderr
     assert not (tmp_path/"bad").exists()
