@@ -165,7 +165,7 @@ KEY_METRICS = {
     "ota": ("version", "active_slot", "status"), "robot_api": ("state", "seed_version", "install"),
     "seed_train": ("step", "final_loss", "holdout_exact_mean", "params_sha256"),
 }
-MAIN_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "onnx", "onnxruntime", "jax2onnx",
+MAIN_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow_cpu", "tensorflow-datasets", "onnx", "onnxruntime", "jax2onnx",
                  "ai-edge-litert", "papermill", "nbdev", "numpy")
 
 def _fmt(v) -> str:
@@ -210,7 +210,7 @@ def durations_png(run: dict) -> bytes:
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;width:100%;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}
 th{background:#f5f5f5}.ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}code{font-size:12px}
-img.thumb{max-width:260px;border:1px solid #ddd}details{margin:.3em 0}summary{cursor:pointer}.muted{color:#666}"""
+img.thumb{max-width:260px;border:1px solid #ddd;display:block}img.small{max-width:84px;border:1px solid #ddd;margin:2px 2px 0 0}details{margin:.3em 0}summary{cursor:pointer}.muted{color:#666}"""
 _e = html.escape
 
 def _provenance_html(run: dict) -> str:
@@ -233,9 +233,9 @@ def _figures(run_dir: Path, name: str) -> list[Path]:
 def _step_row(run_dir: Path, name: str, e: dict) -> str:
     ok = e.get("status") == "ok"
     km = "<br>".join(f"<code>{_e(k)}</code> {_e(v)}" for k, v in key_metrics(name, e.get("metrics", {})))
-    fig = next(iter(_figures(run_dir, name)), None)
-    rel = fig.relative_to(run_dir.resolve()).as_posix() if fig else ""
-    img = f'<a href="{_e(rel)}"><img class=thumb src="{_e(rel)}" alt="{_e(name)} plot"></a>' if fig else ""
+    rels = [f.relative_to(run_dir.resolve()).as_posix() for f in _figures(run_dir, name)]
+    img = "".join(f'<a href="{_e(r)}"><img class={"thumb" if i == 0 else "small"} src="{_e(r)}" alt="{_e(name)} plot {i + 1}"></a>'
+                  for i, r in enumerate(dict.fromkeys(rels)))
     nb = f' · <a href="{_e(e["executed"])}">notebook</a>' if e.get("executed") and (run_dir/e["executed"]).is_file() else ""
     link = f'<a href="{_e(e["html"])}">report</a>{nb}' if e.get("html") and (run_dir/e["html"]).is_file() else "no report"
     err = f"<br><span class=bad>{_e(e['error'])}</span>" if e.get("error") else ""

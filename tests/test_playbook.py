@@ -10,9 +10,11 @@ from conftest import ROOT, run
 CONTINUON = str(ROOT/".venv/bin/continuon") if (ROOT/".venv/bin/continuon").exists() else "continuon"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def playbook(tmp_path_factory):
-    "One full local playbook run, run id pb, in W/outputs with its brain home in W/home; (W, the command's result)."
+    """One full local playbook run, run id pb, in W/outputs with its brain home in W/home; (W, the command's result).
+    Session-scoped: xdist may run other modules' tests between these on the same worker, which would end a module-scoped
+    fixture and run the playbook again."""
     w = tmp_path_factory.mktemp("playbook")
     r = run([CONTINUON, "playbook", "--profile", "local", "--run-id", "pb", "--outputs", str(w/"outputs")],
             env={"CONTINUON_HOME": str(w/"home")}, timeout=900)
@@ -126,16 +128,19 @@ def test_overview_page_and_release_archive_in_headless_chromium(playbook):
 def test_a_second_run_with_the_same_parameters_gives_the_same_bytes(playbook):
     "The first run moved aside, the chain from capture to the signed install run again in the same place with the same home keys: `continuon compare` finds only what run.json lists."
     w, _ = playbook
-    first = w.with_name(w.name + "-first")
+    first, second = w.with_name(w.name + "-first"), w.with_name(w.name + "-second")
     w.rename(first)
-    for d in ("keys", "secrets"): shutil.copytree(first/"home"/d, w/"home"/d)     # the brain home's random keys are inputs
-    r = run([CONTINUON, "playbook", "--profile", "local", "--from", "capture", "--to", "ota", "--run-id", "pb", "--outputs",
-             str(w/"outputs"), "--no-progress"], env={"CONTINUON_HOME": str(w/"home")}, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = run([CONTINUON, "compare", str(first/"outputs/pb"), str(w/"outputs/pb")])
-    assert r.returncode == 0 and r.stdout.startswith("same: 11 step(s)"), r.stdout + r.stderr
-    a, b = (json.loads((x/"outputs/pb/run.json").read_text())["steps"] for x in (first, w))
-    for s in ("train",):                                                        # the trained parameters, bit for bit
-        assert a[s]["metrics"]["params_sha256"] == b[s]["metrics"]["params_sha256"]
+    try:
+        for d in ("keys", "secrets"): shutil.copytree(first/"home"/d, w/"home"/d)     # the brain home's random keys are inputs
+        r = run([CONTINUON, "playbook", "--profile", "local", "--from", "capture", "--to", "ota", "--run-id", "pb", "--outputs",
+                 str(w/"outputs"), "--no-progress"], env={"CONTINUON_HOME": str(w/"home")}, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        r = run([CONTINUON, "compare", str(first/"outputs/pb"), str(w/"outputs/pb")])
+        assert r.returncode == 0 and r.stdout.startswith("same: 11 step(s)") and "not compared" not in r.stdout, r.stdout + r.stderr
+        a, b = (json.loads((x/"outputs/pb/run.json").read_text())["steps"] for x in (first, w))
+    finally:                                                                    # the first run back in its place, for the other tests
+        if w.exists(): w.rename(second)
+        first.rename(w)
+    assert a["train"]["metrics"]["params_sha256"] == b["train"]["metrics"]["params_sha256"]    # the trained parameters, bit for bit
     episodes = [o for o in a["capture"]["outputs"] if o["path"].endswith(".json") and "/rlds/episodes/" in o["path"]]
     assert len(episodes) == 12 and all(o["sha256"] == {x["path"]: x["sha256"] for x in b["capture"]["outputs"]}[o["path"]] for o in episodes)

@@ -117,7 +117,6 @@ def upload_dir(local_dir: str | Path, uri: str, attempts: int = 5, progress: boo
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
 
-
 # %% ../../../nbs/06_upload.ipynb #1f815d6d
 def download_dir(uri: str, local_dir: str | Path, attempts: int = 5, progress: bool = True) -> TransferResult:
     "Download every object under `uri` into `local_dir`, skipping identical local files; each file is verified and renamed into place."
