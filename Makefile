@@ -57,10 +57,11 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check continuonbrain tests scripts
 
-# Two workers (pytest-xdist); a module's tests, and the modules that share its fixtures (tests/conftest.py), stay in one.
+# Two workers (pytest-xdist); each test module runs whole in one of them, so its session fixtures are built once there.
+# (Not --dist loadgroup: with pytest 9, xdist 3.8's groups are ignored and a module's tests were split over both workers.)
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP) browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: $(STAMP) browser
 	$(MAKE) --no-print-directory check-sync

@@ -82,7 +82,7 @@ def scratch_project(tmp_path):
     return proj
 
 
-# ---- steps 7 to 8b once per session (test_export and test_ota build on them; they run in one xdist worker) ----
+# ---- steps 7 to 8b once per worker session (test_export and test_ota build on them) ----
 
 EXPORT_JAX = [PY, "-m", "continuonbrain.jax_models.export.export_jax"]
 AS_WRITTEN = ["--checkpoint-path", OUT_URI, "--output-path", "./models/core_model_inference", "--quantization", "fp16"]
@@ -121,12 +121,5 @@ def hailo(exported):
     return cwd, r.stdout
 
 
-# Modules that share the session fixtures above run in one xdist worker (`make pytest` runs `-n 2 --dist loadgroup`);
-# every other module is its own group, so a module's fixtures are built once.
-SHARED_GROUPS = {"test_ota": "test_export"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        mod = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(mod, mod)))
+# `make pytest` runs `-n 2 --dist loadfile`: each module runs whole in one worker, so a module's session fixtures are
+# built once in it; test_export and test_ota may land in different workers and then each builds steps 7 to 8b.
