@@ -132,6 +132,10 @@ def _compare_step(name: str, ea: dict, eb: dict, keyed_ok: bool, out: Comparison
 def compare_runs(a: str | Path, b: str | Path) -> Comparison:
     "Compare the steps two runs (folders holding run.json) both ran: outputs by sha256, metrics by value."
     ra, rb = read_run(a), read_run(b)
+    paths = lambda run: {o["path"] for e in run["steps"].values() for o in e.get("outputs", [])}
+    if paths(ra) and paths(rb) and not paths(ra) & paths(rb):
+        raise ContinuonError(f"{a} and {b} wrote to different places (e.g. {min(paths(ra))} and {min(paths(rb))}): compare two runs "
+                             "made with the same outputs folder and brain home (move the first run aside before the second)")
     out, keyed_ok = Comparison(), _keys_differ(ra, rb)
     for name, ea in ra["steps"].items():
         if name not in rb["steps"]: continue
