@@ -17,7 +17,7 @@ MODULE_PAGES = {"config": "config.html", "store": "store.html", "hardware": "har
                 "wavecore.blocks": "wavecore_blocks.html", "wavecore.model": "wavecore_model.html",
                 "wavecore.curriculum": "curriculum.html", "wavecore.train": "seed_train.html",
                 "wavecore.eval": "wavecore_eval.html", "wavecore.export": "wavecore_export.html", "wavecore.distill": "distill.html",
-                "wavecore.selfplay": "selfplay.html", "wavecore.scale": "scale.html",
+                "wavecore.selfplay": "selfplay.html", "wavecore.scale": "scale.html", "wavecore.bench_tasks": "bench_tasks.html",
                 "jax_models.core_model": "core_model.html", "jax_models.train.local_sanity_check": "sanity_train.html",
                 "jax_models.train.cloud.tpu_train": "tpu_train.html",
                 "jax_models.evaluate": "policy_eval.html",

@@ -8,7 +8,7 @@ MODULES = ["config", "store", "hardware", "pi5_hardware_validation", "system_hea
            "rlds.export_pipeline", "jax_models.utils.upload_to_gcs", "training", "jax_models.data.windows", "jax_models.export.hailo_compile",
            "ota.bundle", "ota.apply", "ota.shadow", "api.state", "api.page", "api.server"]
 WAVECORE = ["wavecore.blocks", "wavecore.model", "wavecore.curriculum", "wavecore.train", "wavecore.eval", "wavecore.export",
-            "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "jax_models.core_model", "jax_models.policy_train",
+            "wavecore.distill", "wavecore.selfplay", "wavecore.scale", "wavecore.bench_tasks", "jax_models.core_model", "jax_models.policy_train",
             "jax_models.train.local_sanity_check", "jax_models.train.cloud.tpu_train", "jax_models.evaluate",
             "trainer.local_lora_trainer", "jax_models.export.export_jax", "jax_models.export.export_hailo",
             "jax_models.export.inference_router"]   # JAX modules: jax is their core

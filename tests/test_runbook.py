@@ -247,3 +247,11 @@ def test_tpu_plan_and_cleanup_against_the_emulator(gcs, tmp_path, scratch_projec
     r = run([CONTINUON, "tpu", "plan", "--profile", "tpu", "--data-path", "/local/data", "--out", str(tmp_path/"bad")])
     assert r.returncode == 2 and "data_path '/local/data': a TPU run reads and writes a bucket" in r.stderr
     assert not (tmp_path/"bad").exists()
+
+
+def test_seed_train_step_starts_from_the_training_defaults():
+    "The runbook's seed_train step, the command line and fit share one recipe: the step's defaults are `DEFAULTS`."
+    from continuonbrain.config import notebook_parameters
+    from continuonbrain.wavecore.train import DEFAULTS
+    params = notebook_parameters(ROOT/"nbs"/"10c_seed_train.ipynb")
+    assert {k: params[k].default for k in ("learning_rate", "devices")} == {"learning_rate": DEFAULTS.learning_rate, "devices": DEFAULTS.devices}

@@ -118,7 +118,9 @@ def test_scale_command_stops_at_the_budget(tmp_path):
 SHORTEN = {"continuonbrain.wavecore.train": ["--steps", "20", "--batch-size", "8", "--d-model", "32", "--eval-every", "10", "--lead-steps", "10", "--no-progress"],
            "continuonbrain.wavecore.scale": ["--max-stages", "2"],
            "continuonbrain.wavecore.selfplay": ["--supervised-steps", "30", "--rounds", "1", "--steps-per-round", "5", "--prompts", "16",
-                                               "--samples", "2"]}
+                                               "--samples", "2"],
+           "continuonbrain.wavecore.bench_tasks": ["--minutes", "0", "--steps", "10", "--batch-size", "8", "--tasks", "mqar-8",
+                                                  "--profile", "fast", "--baselines", "toy"]}
 
 
 def readme_seed_commands() -> list[list[str]]:
@@ -132,7 +134,7 @@ def readme_seed_commands() -> list[list[str]]:
 def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
     "Each README command with its paths swapped for temporary ones and its long settings shortened (later flags win)."
     cmds = readme_seed_commands()
-    assert [c[2] for c in cmds] == ["continuonbrain.wavecore.train"] * 2 + ["continuonbrain.wavecore." + m for m in ("eval", "export", "scale", "selfplay")]
+    assert [c[2] for c in cmds] == ["continuonbrain.wavecore.train"] * 2 + ["continuonbrain.wavecore." + m for m in ("eval", "export", "scale", "selfplay", "bench_tasks")]
     for c in cmds:
         assert c[:2] == ["python", "-m"]
         argv = [PY] + [a.replace("/opt/continuonos/brain", str(tmp_path/"brain")) for a in c[1:]] + SHORTEN.get(c[2], [])
@@ -147,6 +149,9 @@ def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
     assert set(rep["files"]) == {"step.onnx", "step.tflite"} and all(f["max_abs_diff"] < 1e-4 for f in rep["files"].values())
     assert json.loads((tmp_path/"brain/scale/scale.json").read_text())["largest"] is not None
     assert (tmp_path/"brain/selfplay/selfplay.png").is_file()
+    bench = json.loads((tmp_path/"brain/bench/results.json").read_text())   # wavecore.bench_tasks: the runs, the table, the chart
+    assert [(r["task"], r["model"], r["steps"]) for r in bench["runs"]] == [("mqar-8", "fast", 10), ("mqar-8", "toy", 10)]
+    assert (tmp_path/"brain/bench/bench_tasks.png").is_file() and (tmp_path/"brain/bench/bench_tasks.md").is_file()
 
 
 DATA_PARALLEL = r'''
