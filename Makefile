@@ -58,10 +58,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check continuonbrain tests scripts
 
 # Two workers (pytest-xdist); each test module runs whole in one of them, so its session fixtures are built once there.
+# --durations: the slowest tests, printed by every run (CI must stay under 25 minutes on a fresh clone).
 # (Not --dist loadgroup: with pytest 9, xdist 3.8's groups are ignored and a module's tests were split over both workers.)
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP) browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test: $(STAMP) browser
 	$(MAKE) --no-print-directory check-sync

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['TRAIN_STREAM', 'HOLDOUT_STREAM', 'NOISE', 'MARKER', 'TRIGGER', 'DIGIT0', 'KEY', 'ASK', 'FILLER0', 'FILLER_LEN',
            'ZOOLOGY', 'MAMBA', 'TASKS', 'BASELINES', 'Task', 'mqar', 'selective_copy', 'induction', 'passkey',
-           'model_config', 'steps_to', 'run_task', 'SuiteSettings', 'probe_steps', 'run_suite', 'results_table',
-           'plot_results', 'write_report', 'main']
+           'model_config', 'steps_to', 'timed_fit', 'run_task', 'SuiteSettings', 'probe_steps', 'run_suite',
+           'results_table', 'plot_results', 'write_report', 'main']
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c302
 import dataclasses, sys, time
@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..config import ParamError, run_cli
+from ..config import ParamError, git_state, run_cli
 from .. import store
 from .model import PROFILES, WaveCoreConfig, format_rows
 
@@ -146,17 +146,24 @@ def _curve(acc: list[float], clock: list[float], window: int, sync: int = 50) ->
             "accuracy": [round(float(np.mean(acc[i * window:(i + 1) * window])), 4) for i in range(n)]}
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c330
-def run_task(task: Task, model: str, steps: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid",
-             holdout: int = 512, window: int = 10) -> dict:
-    "Train `model` on `task` through `fit` with its defaults for `steps` batches; its curve, steps to 95% and hold-out scores."
-    from continuonbrain.wavecore.train import evaluate, fit
-    cfg, clock = model_config(model, task, shape), []
+def timed_fit(cfg: WaveCoreConfig, task: Task, steps: int, batch_size: int = 64, seed: int = 0):
+    """`fit(cfg, task's batches, steps)` with its defaults, and the clock: `clock[i]` is the seconds from the start to when
+    batch `i` was taken, and `clock[-1]` to when `fit` returned (what `_curve` reads)."""
+    from continuonbrain.wavecore.train import fit
+    clock, t0 = [], time.perf_counter()
     def stream():
         for b in task.batches(batch_size, seed):
             clock.append(time.perf_counter() - t0); yield b
-    t0 = time.perf_counter()
     res = fit(cfg, stream(), steps)                 # fit's defaults: only the shape and the number of steps are given
     clock.append(time.perf_counter() - t0)
+    return res, clock
+
+def run_task(task: Task, model: str, steps: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid",
+             holdout: int = 512, window: int = 10) -> dict:
+    "Train `model` on `task` through `fit` with its defaults for `steps` batches; its curve, steps to 95% and hold-out scores."
+    from continuonbrain.wavecore.train import evaluate
+    cfg = model_config(model, task, shape)
+    res, clock = timed_fit(cfg, task, steps, batch_size, seed)
     curve = _curve(res.accuracy, clock, window)
     s95, t95 = steps_to(curve)
     ho = evaluate(res.model, task.holdout(holdout, seed))
@@ -201,13 +208,8 @@ class SuiteSettings:
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c335
 def probe_steps(task: Task, model: str, seconds: float, most: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid") -> int:
     "How many steps of `model` on `task` fit in `seconds` (at least 10, at most `most`), from 10 steps of `fit` timed after compiling."
-    from continuonbrain.wavecore.train import fit
-    marks = []
-    def stream():
-        for b in task.batches(batch_size, seed):
-            marks.append(time.perf_counter()); yield b
-    fit(model_config(model, task, shape), stream(), 10)
-    per_step = (time.perf_counter() - marks[1]) / 10   # from the second batch: the first step compiled
+    _, clock = timed_fit(model_config(model, task, shape), task, 10, batch_size, seed)
+    per_step = (clock[-1] - clock[1]) / 9   # from the second batch, taken once the first step had compiled
     return int(min(most, max(10, seconds / per_step)))
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c336
@@ -255,10 +257,11 @@ def plot_results(results: list[dict], path: str | Path | None = None):
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c339
 def write_report(out: str | Path, s: SuiteSettings, results: list[dict]) -> Path:
     "Write the suite's `results.json`, `bench_tasks.md` and `bench_tasks.png` into `out`."
-    import os, platform, jax
+    import os, platform, jax, continuonbrain
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     machine = {"cores": len(os.sched_getaffinity(0)), "devices": jax.local_device_count(), "jax": jax.__version__,
-               "python": platform.python_version(), "platform": platform.platform()}
+               "python": platform.python_version(), "platform": platform.platform(),
+               "code": git_state(Path(continuonbrain.__file__).parent)}   # the checkout's commit (None values outside git)
     store.write_json(out/"results.json", {"settings": dataclasses.asdict(s), "machine": machine, "runs": results})
     store.write_text(out/"bench_tasks.md", results_table(results) + "\n")
     plot_results(results, out/"bench_tasks.png")

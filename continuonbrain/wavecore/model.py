@@ -143,12 +143,13 @@ def state_size(model: WaveCore, batch_size: int = 1) -> int:
 
 # %% ../../nbs/10a_wavecore_model.ipynb #669e7315
 def step_fn(model: WaveCore):
-    "A jitted `f(params, state, x_t) -> (state, logits)` and the model's params."
+    "A jitted `f(params, state, x_t) -> (state, logits)` and the model's params, as the flat list of arrays `f` takes."
     graphdef, params = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(params)
     @jax.jit
     def f(params, state, x_t):
-        return nnx.merge(graphdef, params).step(state, x_t)
-    return f, params
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, params)).step(state, x_t)
+    return f, leaves
 
 def forward_fn(model: WaveCore):
     "A jitted `f(params, inputs) -> logits` (sequence mode) and the model's params."
