@@ -12,8 +12,14 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export PYTHONDONTWRITEBYTECODE := 1
+# One JAX compilation cache for every process of a test run (notebooks, CLI subprocesses, both pytest workers): the same
+# small models are compiled by dozens of processes. `make test` starts it empty. No size limit: with one, JAX locks the
+# folder and lists all of it on every write (thousands of entries: slower than no cache). Unlocked, a reader that meets
+# an entry still being written gets a warning and compiles (JAX catches the error).
+JAX_CACHE := $(CURDIR)/.jax-cache
+TEST_ENV := JAX_COMPILATION_CACHE_DIR=$(JAX_CACHE) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
-.PHONY: setup playbook test lab docs lint export readme clean-nbs check-sync check-clean nbtest pytest browser lock clean
+.PHONY: setup playbook test lab docs lint export readme clean-nbs check-sync check-clean nbtest pytest browser jemalloc lock clean
 
 setup: $(STAMP)
 
@@ -24,10 +30,16 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# Headless Chromium for the docs test (Debian's package).
+# Debian's packages: headless Chromium for the docs and page tests, and jemalloc, which the WaveCore training commands
+# restart under (nbs/00_config.ipynb, "The allocator for training").
+JEMALLOC := /usr/lib/$(shell uname -m)-linux-gnu/libjemalloc.so.2
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@command -v chromium >/dev/null || { echo "chromium could not be installed" >&2; exit 1; }
+
+jemalloc:
+	@test -f $(JEMALLOC) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null; }
+	@test -f $(JEMALLOC) || { echo "libjemalloc2 could not be installed ($(JEMALLOC) is missing)" >&2; exit 1; }
 
 playbook: $(STAMP)
 	$(BIN)/continuon playbook --profile local
@@ -48,11 +60,11 @@ check-sync: $(STAMP)
 check-clean: $(STAMP)
 	$(BIN)/python scripts/check_unchanged.py --why "notebooks were not clean: run 'make clean-nbs' and commit" nbs -- $(BIN)/nbdev_clean
 
-nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2 --timing
+nbtest: $(STAMP) jemalloc
+	$(TEST_ENV) $(BIN)/nbdev_test --n_workers 2 --timing
 
-docs: $(STAMP)
-	$(BIN)/python -m continuonbrain.docsite --out _docs
+docs: $(STAMP) jemalloc
+	$(TEST_ENV) $(BIN)/python -m continuonbrain.docsite --out _docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check continuonbrain tests scripts
@@ -61,10 +73,11 @@ lint: $(STAMP)
 # --durations: the slowest tests, printed by every run (CI must stay under 25 minutes on a fresh clone).
 # (Not --dist loadgroup: with pytest 9, xdist 3.8's groups are ignored and a module's tests were split over both workers.)
 PYTEST_WORKERS ?= 2
-pytest: $(STAMP) browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
+pytest: $(STAMP) browser jemalloc
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
-test: $(STAMP) browser
+test: $(STAMP) browser jemalloc
+	rm -rf $(JAX_CACHE)
 	$(MAKE) --no-print-directory check-sync
 	$(MAKE) --no-print-directory check-clean
 	$(MAKE) --no-print-directory lint

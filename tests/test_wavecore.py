@@ -141,7 +141,8 @@ def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
         r = run(argv, timeout=600)
         assert r.returncode == 0, f"{' '.join(c)}\n{r.stdout}\n{r.stderr}"
         if c[2] == "continuonbrain.wavecore.eval": assert "| copy |" in r.stdout        # the hold-out table
-    assert json.loads((tmp_path/"brain/seed/metrics.json").read_text())["step"] == 20
+    seed = json.loads((tmp_path/"brain/seed/metrics.json").read_text())
+    assert seed["step"] == 20 and seed["allocator"] == "jemalloc"      # the command restarted itself under jemalloc (make installs it)
     ev = json.loads((tmp_path/"brain/seed/eval.json").read_text())           # wavecore.eval: every task, a table and a chart
     assert set(ev) == {"copy", "reverse", "continue", "add", "modsum", "parity", "rule", "recall", "selcopy"}
     assert (tmp_path/"brain/seed/eval.png").stat().st_size > 1000
@@ -151,6 +152,7 @@ def test_the_seed_brain_commands_of_the_readme_as_written(tmp_path):
     assert (tmp_path/"brain/selfplay/selfplay.png").is_file()
     bench = json.loads((tmp_path/"brain/bench/results.json").read_text())   # wavecore.bench_tasks: the runs, the table, the chart
     assert [(r["task"], r["model"], r["steps"]) for r in bench["runs"]] == [("mqar-8", "fast", 10), ("mqar-8", "toy", 10)]
+    assert bench["machine"]["allocator"] == "jemalloc"
     assert (tmp_path/"brain/bench/bench_tasks.png").is_file() and (tmp_path/"brain/bench/bench_tasks.md").is_file()
 
 

@@ -8,6 +8,13 @@ __all__ = ['TRAIN_STREAM', 'HOLDOUT_STREAM', 'NOISE', 'MARKER', 'TRIGGER', 'DIGI
            'model_config', 'steps_to', 'timed_fit', 'run_task', 'SuiteSettings', 'probe_steps', 'run_suite',
            'results_table', 'plot_results', 'write_report', 'main']
 
+# %% ../../nbs/10i_bench_tasks.ipynb #jm10i01
+from ..config import restart_with_jemalloc
+
+# %% ../../nbs/10i_bench_tasks.ipynb #jm10i02
+#| eval: false
+if __name__ == "__main__": restart_with_jemalloc()  # a training command: under jemalloc, before JAX loads (see config)
+
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c302
 import dataclasses, sys, time
 from dataclasses import dataclass
@@ -16,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..config import ParamError, git_state, run_cli
+from ..config import ParamError, allocator, git_state, run_cli
 from .. import store
 from .model import PROFILES, WaveCoreConfig, format_rows
 
@@ -260,7 +267,7 @@ def write_report(out: str | Path, s: SuiteSettings, results: list[dict]) -> Path
     import os, platform, jax, continuonbrain
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     machine = {"cores": len(os.sched_getaffinity(0)), "devices": jax.local_device_count(), "jax": jax.__version__,
-               "python": platform.python_version(), "platform": platform.platform(),
+               "python": platform.python_version(), "platform": platform.platform(), "allocator": allocator(),
                "code": git_state(Path(continuonbrain.__file__).parent)}   # the checkout's commit (None values outside git)
     store.write_json(out/"results.json", {"settings": dataclasses.asdict(s), "machine": machine, "runs": results})
     store.write_text(out/"bench_tasks.md", results_table(results) + "\n")

@@ -6,6 +6,13 @@
 __all__ = ['generate', 'prompt_tokens', 'verify', 'Pool', 'labelled_set', 'self_play_round', 'exact_at', 'selfplay_experiment',
            'plot_experiment', 'main']
 
+# %% ../../nbs/10g_selfplay.ipynb #jm10g01
+from ..config import restart_with_jemalloc
+
+# %% ../../nbs/10g_selfplay.ipynb #jm10g02
+#| eval: false
+if __name__ == "__main__": restart_with_jemalloc()  # a training command: under jemalloc, before JAX loads (see config)
+
 # %% ../../nbs/10g_selfplay.ipynb #25b5f840
 import sys
 from dataclasses import dataclass, field

@@ -8,6 +8,13 @@ __all__ = ['DEFAULTS', 'check_batch', 'check_teacher', 'cpu_devices', 'data_mesh
            'FitResult', 'fit', 'row_metrics', 'summarize', 'evaluate', 'evaluate_tasks', 'probe_errors', 'param_bytes',
            'SeedSettings', 'load_model', 'open_teacher', 'SeedRun', 'seed_train', 'plot_run', 'format_holdout', 'main']
 
+# %% ../../nbs/10c_seed_train.ipynb #jm10c01
+from ..config import restart_with_jemalloc
+
+# %% ../../nbs/10c_seed_train.ipynb #jm10c02
+#| eval: false
+if __name__ == "__main__": restart_with_jemalloc()  # a training command: under jemalloc, before JAX loads (see config)
+
 # %% ../../nbs/10c_seed_train.ipynb #9f89f735
 import math, os, sys, time
 from dataclasses import dataclass
@@ -18,7 +25,7 @@ from typing import Iterable
 import numpy as np
 from fastcore.basics import patch
 
-from ..config import ParamError, run_cli
+from ..config import ParamError, allocator, run_cli
 from .. import store
 from ..training import (GB, Checkpoints, MemoryBudgetError, Progress, ThermalGuard, TrainError, check_budget,
                                      check_resume, compiled_bytes, make_optimizer, over_budget, params_digest, peak_rss_bytes,
@@ -518,7 +525,7 @@ def _seed_metrics(loop: _SeedLoop, stopped: str, final: dict, distillation: str,
             "tokens_per_s": round(step * s.batch_size * seq / secs, 1) if secs else None,
             "final_loss": float(np.mean(hist[-20:])) if hist else None, "final_loss_is": "the mean training loss of the last 20 steps",
             "holdout": final, "holdout_exact_mean": float(np.mean([r["exact"] for r in final.values()])),
-            "peak_rss_gb": round(peak_rss_bytes() / GB, 3), "memory_budget_gb": s.memory_budget_gb, "devices": n_dev,
+            "peak_rss_gb": round(peak_rss_bytes() / GB, 3), "memory_budget_gb": s.memory_budget_gb, "devices": n_dev, "allocator": allocator(),
             "thermal_events": meta["thermal"], "params_sha256": params_digest(loop.st.params),
             "wall_seconds_this_process": round(wall, 2), "trained_this_process": step - loop.step0, "distillation": distillation}
 
@@ -564,7 +571,7 @@ def main(settings: SeedSettings = SeedSettings(),
     run = seed_train(out, settings, resume=resume, thermal=ThermalGuard(pi_thermal_signal(thermal_root)), progress=not no_progress)
     m = run.metrics
     print(f"{settings.profile}: step {m['step']} ({m['stopped_by']}), loss {m['final_loss']:.4f} (mean of the last 20 steps), "
-          f"hold-out exact {m['holdout_exact_mean']:.3f}, {m['tokens_per_s']:,.0f} tokens/s on {m['devices']} device(s), "
+          f"hold-out exact {m['holdout_exact_mean']:.3f}, {m['tokens_per_s']:,.0f} tokens/s on {m['devices']} device(s) with {m['allocator']}, "
           f"peak RSS {m['peak_rss_gb']:.2f} GB of {settings.memory_budget_gb:g}; {Path(out)/'metrics.json'}")
     print(format_holdout(m["holdout"]))
     return 0

@@ -17,11 +17,16 @@ Measures, on this machine:
 - one step of the `fast` profile at batch 1: jitted JAX and the exported TFLite (LiteRT, XNNPACK), p50 and p99; and
   `step_fn`'s parameters as a flat list against an `nnx.State` argument (alternating rounds);
 - minor page faults per training step (`getrusage`): memory that glibc's malloc mmaps fresh and frees every step.
+The script restarts itself under jemalloc, as the training commands do (CONTINUON_JEMALLOC=0 for glibc's malloc); the
+PyTorch toy runs with the environment it would have without us (no LD_PRELOAD, no MALLOC_CONF).
 FFT work is not counted as FLOPs on either side (neither counter sees it), so FLOP/s compare the matmul work.
 Every training time is the median of several timing windows (this VM's speed wanders); torch_toy.py does the same.
 """
 import argparse, json, os, resource, subprocess, tempfile, time
 from pathlib import Path
+
+from continuonbrain.config import allocator, restart_with_jemalloc
+if __name__ == "__main__": restart_with_jemalloc()   # the training commands' allocator (nbs/00_config.ipynb), before JAX loads
 
 import numpy as np
 import jax
@@ -110,11 +115,14 @@ def step_latency_ratio(model, n: int = 2000, rounds: int = 10) -> dict:
     return {"list_p50_ms": float(np.median(a) * 1e3), "state_p50_ms": float(np.median(b) * 1e3), "speedup": float(np.median(b) / np.median(a))}
 
 
+TORCH_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}   # torch as users run it
+
+
 def paired_with_torch(torch_python: str, window, flops: int, tokens: int, rounds: int = 15, per: int = 10) -> dict:
     """The PyTorch toy (torch_toy.py --serve) and a WaveCore step timed in alternating windows of `per` steps, `rounds`
     times: each pair sees the same machine speed, so the median of the paired ratios does not wander with the VM."""
     p = subprocess.Popen([torch_python, str(HERE/"torch_toy.py"), "--serve=1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+                         stderr=subprocess.DEVNULL, text=True, env=TORCH_ENV)
     try:
         info = json.loads(p.stdout.readline())
         def torch_window(n):
@@ -142,6 +150,7 @@ def main():
     ap.add_argument("--steps", type=int, default=100)
     a = ap.parse_args()
     n_dev = cpu_devices()   # one XLA device per core, before anything starts JAX
+    print(f"allocator: {allocator()}")
     peak0 = matmul_peak()
     toy = WaveCoreConfig.profile("toy")
     rows, res = [], {}
@@ -160,7 +169,7 @@ def main():
         window, flops, _ = train_runner(WaveCoreConfig(**{**toy.to_dict(), "pattern": "ssm,attention"}), 16, 64, par)
         try:
             alone = json.loads(subprocess.run([a.torch_python, str(HERE/"torch_toy.py"), f"--steps={a.steps}"], capture_output=True,
-                                              text=True, check=True).stdout.strip().splitlines()[-1])
+                                              text=True, check=True, env=TORCH_ENV).stdout.strip().splitlines()[-1])
             pair = paired_with_torch(a.torch_python, window, flops, 16 * 64)
             print(f"torch toy alone just before (median of 5 windows): {alone['tokens_per_s']:,.0f} tokens/s; "
                   f"in the alternating windows: {pair['torch_tokens_per_s']:,.0f}")
