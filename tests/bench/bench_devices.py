@@ -6,9 +6,13 @@
 For each shape a training step is compiled both ways (`bench_wavecore.train_runner`), then timed in alternating
 windows of `per` steps, `rounds` times, each way going first in every other pair; the ratio is the median of the
 per-pair ratios (one device's step time over the data-parallel one's), so the VM's drifting speed cancels out.
+It restarts itself under jemalloc, as the training commands do (CONTINUON_JEMALLOC=0 for glibc's malloc).
 """
 import argparse, sys
 from pathlib import Path
+
+from continuonbrain.config import allocator, restart_with_jemalloc
+if __name__ == "__main__": restart_with_jemalloc()   # the training commands' allocator (nbs/00_config.ipynb), before JAX loads
 
 import numpy as np
 
@@ -31,6 +35,7 @@ def main():
     a = ap.parse_args()
     n = cpu_devices()
     if n < 2: sys.exit("one core: nothing to compare")
+    print(f"allocator: {allocator()}")
     rows = []
     for what, profile, vocab, batch, t in SHAPES:
         cfg = WaveCoreConfig.profile(profile, vocab_size=vocab, seq_len=max(t, WaveCoreConfig.profile(profile).seq_len))
