@@ -4,18 +4,18 @@
 
 # %% auto #0
 __all__ = ['ONNX_OPSET', 'FORBIDDEN_ONNX', 'FORBIDDEN_TFLITE', 'ExportError', 'flat_step', 'state_names', 'export_onnx',
-           'OnnxStep', 'export_tflite', 'tflite_ops', 'TFLiteStep', 'rollout_diff', 'runner_latency', 'latency_report',
-           'export_run', 'main']
+           'OnnxStep', 'export_tflite', 'tflite_ops', 'TFLiteStep', 'rollout_diff', 'runner_latency', 'JaxStep',
+           'inline_dispatch', 'jax_step_latency', 'jax_latency_inline', 'latency_report', 'export_run', 'main']
 
 # %% ../../nbs/10e_wavecore_export.ipynb #816e1ce3
-import os, sys
+import os, pickle, subprocess, sys, tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ContinuonError, run_cli
 from .. import store
-from .model import WaveCore, time_calls
+from .model import WaveCore, create_model, step_fn, time_calls
 
 # %% ../../nbs/10e_wavecore_export.ipynb #36c0fc49
 import jax
@@ -135,25 +135,73 @@ def rollout_diff(model: WaveCore, runner, tokens: np.ndarray) -> float:
     return worst
 
 def runner_latency(runner, n: int = 2000) -> np.ndarray:
-    "Seconds per step of an exported runner at its batch size, `n` calls after a warm-up."
+    "Seconds per step of a runner at its batch size, until its logits are ready, `n` calls after a warm-up."
     state = runner.init_state()
     x = np.zeros(state[0].shape[:1] if state else (1,), np.int32)
     def call():
         nonlocal state
-        state, _ = runner.step(state, x)
+        state, logits = runner.step(state, x)
+        return logits
     return time_calls(call, n)
+
+# %% ../../nbs/10e_wavecore_export.ipynb #a7e1c002
+class JaxStep:
+    "Run the step in JAX with the parameters compiled in as constants and the state donated to each call: `init_state()`, `step(state, x) -> (state, logits)`, as the exported runners."
+    def __init__(self, model: WaveCore, batch_size: int = 1):
+        f, _, self.init = flat_step(model, batch_size)
+        def g(state, x):
+            logits, *state = f(x, *state)
+            return state, logits
+        self.fn = jax.jit(g, donate_argnums=0)
+
+    def init_state(self) -> list[jax.Array]:
+        return [jnp.array(s) for s in self.init]
+
+    def step(self, state, x):
+        return self.fn(state, x)
+
+# %% ../../nbs/10e_wavecore_export.ipynb #b5d0e001
+def inline_dispatch() -> bool:
+    "Run jitted CPU calls on the calling thread, without JAX's hand-off to a worker thread: steadier latency for a loop that waits for each step. It works only before the process's first JAX computation: False (and nothing changed) after it. Training keeps JAX's default."
+    from jax._src import xla_bridge          # as `cpu_devices` does: JAX has no public way to ask
+    if xla_bridge.backends_are_initialized(): return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
+
+def jax_step_latency(model: WaveCore, n: int = 2000) -> dict[str, np.ndarray]:
+    "Seconds per step at batch 1 in this process: `step_fn` (the parameters passed on each call) and `JaxStep` (resident)."
+    step, params = step_fn(model)
+    state, x = model.init_state(1), jnp.zeros((1,), jnp.int32)
+    return {"JAX (jit)": time_calls(step, n, params, state, x), "JAX (resident)": runner_latency(JaxStep(model), n)}
+
+def _latency_child():
+    "The fresh process of `jax_latency_inline`: model and `n` from stdin, times to the file named by `sys.argv[1]`."
+    if not inline_dispatch(): raise ExportError("JAX had started before inline_dispatch in the latency process")
+    config, leaves, n = pickle.load(sys.stdin.buffer)
+    graphdef, state = nnx.split(create_model(config))
+    model = nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), [jnp.asarray(v) for v in leaves]))
+    Path(sys.argv[1]).write_bytes(pickle.dumps(jax_step_latency(model, n)))
+
+def jax_latency_inline(model: WaveCore, n: int = 2000) -> dict[str, np.ndarray]:
+    "`jax_step_latency` of `model`, measured in a fresh Python process that calls `inline_dispatch` first."
+    payload = pickle.dumps((model.config, [np.asarray(v) for v in jax.tree.leaves(nnx.state(model))], n))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)/"times.pkl"
+        code = "from continuonbrain.wavecore.export import _latency_child; _latency_child()"
+        r = subprocess.run([sys.executable, "-c", code, str(out)], input=payload, capture_output=True)
+        if r.returncode:
+            raise ExportError(f"the JAX latency process failed (exit {r.returncode}):\n{r.stderr.decode()[-2000:]}")
+        return pickle.loads(out.read_bytes())
 
 # %% ../../nbs/10e_wavecore_export.ipynb #00f60267
 def latency_report(model: WaveCore, folder: str | Path, n: int = 2000) -> list[dict]:
-    "Export `model` into `folder` and measure step latency (p50, p99, ms) for JAX, LiteRT and onnxruntime."
-    from continuonbrain.wavecore.model import step_fn
+    "Export `model` into `folder` and measure step latency (p50, p99, ms) at batch 1: JAX with inline dispatch (`jax_latency_inline`), LiteRT and onnxruntime."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    step, params = step_fn(model)
-    state, x = model.init_state(1), jnp.zeros((1,), jnp.int32)
-    rows = [("JAX (jit)", time_calls(step, n, params, state, x))]
-    rows.append(("LiteRT + XNNPACK", runner_latency(TFLiteStep(export_tflite(model, folder/"step.tflite")), n)))
-    rows.append(("onnxruntime", runner_latency(OnnxStep(export_onnx(model, folder/"step.onnx")), n)))
-    return [{"runtime": r, "p50_ms": float(np.median(t) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3)} for r, t in rows]
+    times = jax_latency_inline(model, n)
+    times["LiteRT + XNNPACK"] = runner_latency(TFLiteStep(export_tflite(model, folder/"step.tflite")), n)
+    times["onnxruntime"] = runner_latency(OnnxStep(export_onnx(model, folder/"step.onnx")), n)
+    return [{"runtime": r, "p50_ms": float(np.median(t) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3)}
+            for r, t in times.items()]
 
 # %% ../../nbs/10e_wavecore_export.ipynb #4b293d47
 def export_run(train_dir: str | Path, out: str | Path, rollout: int = 100, tolerance: float = 1e-4, seed: int = 0) -> dict:

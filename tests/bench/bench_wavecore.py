@@ -14,8 +14,10 @@ Measures, on this machine:
   toy are timed in alternating windows (the toy in a server process, waiting while the hybrid runs), and the ratios
   are the median of the per-pair ratios, so the VM's drifting speed (10-30% within minutes) cancels out;
 - the `ssm` block against the `attention` block at equal width for T = 64, 128 and 256 (alternating windows too);
-- one step of the `fast` profile at batch 1: jitted JAX and the exported TFLite (LiteRT, XNNPACK), p50 and p99; and
-  `step_fn`'s parameters as a flat list against an `nnx.State` argument (alternating rounds);
+- one step of the `fast` profile at batch 1, p50 and p99: JAX (`step_fn`, and the resident `JaxStep`) in a fresh
+  process with inline dispatch, the exported TFLite (LiteRT, XNNPACK) and ONNX (onnxruntime), as `latency_report`
+  measures them; the same JAX steps in this process with JAX's default async dispatch; and `step_fn`'s parameters as
+  a flat list against an `nnx.State` argument (alternating rounds);
 - minor page faults per training step (`getrusage`): memory that glibc's malloc mmaps fresh and frees every step.
 The script restarts itself under jemalloc, as the training commands do (CONTINUON_JEMALLOC=0 for glibc's malloc); the
 PyTorch toy runs with the environment it would have without us (no LD_PRELOAD, no MALLOC_CONF).
@@ -148,9 +150,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--torch-python", default=os.environ.get("BENCH_TORCH_PYTHON", ""))
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--latency-only", action="store_true", help="measure only the fast profile's step latency")
     a = ap.parse_args()
     n_dev = cpu_devices()   # one XLA device per core, before anything starts JAX
     print(f"allocator: {allocator()}")
+    if not a.latency_only: training(a, n_dev)
+    latency()
+
+
+def training(a, n_dev: int):
+    "The training part: throughput against the PyTorch toy, MFU, data parallel against one device, ssm against attention."
     peak0 = matmul_peak()
     toy = WaveCoreConfig.profile("toy")
     rows, res = [], {}
@@ -206,10 +215,18 @@ def main():
         sr.append({"T": t, "ssm tokens/s": round(16 * t / np.median(pairs[:, 0])), "attention tokens/s": round(16 * t / np.median(pairs[:, 1])),
                    "ratio": round(float(np.median(pairs[:, 1] / pairs[:, 0])), 2)})
     print(format_rows(sr), "\n(target: ratio >= 0.8)")
-    from continuonbrain.wavecore.export import latency_report
-    lat = latency_report(create_model(WaveCoreConfig.profile("fast")), tempfile.mkdtemp(), n=2000)
-    print("\nfast profile, one step at batch 1 (targets: p99 <= 0.1 ms for JAX, <= 0.05 ms for LiteRT)")
+
+
+def latency():
+    "The step-latency part: the fast profile at batch 1 in every runtime."
+    from continuonbrain.wavecore.export import jax_step_latency, latency_report
+    fast = create_model(WaveCoreConfig.profile("fast"))
+    lat = latency_report(fast, tempfile.mkdtemp(), n=2000)
+    print("\nfast profile, one step at batch 1, JAX in a fresh process with inline dispatch "
+          "(targets: p99 <= 0.1 ms for JAX, <= 0.05 ms for LiteRT)")
     print(format_rows(lat))
+    print("the same JAX steps in this process, with JAX's default async dispatch: " + "; ".join(
+        f"{k} p50 {np.median(t) * 1e3:.3f} ms, p99 {np.percentile(t, 99) * 1e3:.3f} ms" for k, t in jax_step_latency(fast, 2000).items()))
     r = step_latency_ratio(create_model(WaveCoreConfig.profile("fast")))
     print(f"JAX step with the parameters as a flat list (step_fn) against an nnx.State argument, alternating: "
           f"p50 {r['list_p50_ms']:.3f} ms against {r['state_p50_ms']:.3f} ms, {r['speedup']:.2f}x")
