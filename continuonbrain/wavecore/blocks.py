@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KINDS', 'causal_mask', 'segments', 'same_segment', 'rope', 'RMSNorm', 'Dense', 'MLP', 'SpectralMixer', 'ssd',
-           'SSMMixer', 'AttentionMixer', 'Block', 'run_steps']
+           'softplus', 'SSMMixer', 'AttentionMixer', 'Block', 'run_steps']
 
 # %% ../../nbs/10_wavecore_blocks.ipynb #cd408257
 import math, typing
@@ -111,7 +111,7 @@ class SpectralMixer(nnx.Module):
         "One token: `x` `[B, D]` → `(state, y [B, D])`."
         u, g = jnp.split(self.in_proj(x), 2, axis=-1)
         buf = jnp.concatenate([state["buf"][:, 1:], u[:, None]], axis=1)
-        y = jnp.einsum("bld,ld->bd", buf, self.filter()[::-1])
+        y = jnp.sum(buf * self.filter()[::-1], axis=1)
         return {"buf": buf}, self.out_proj((y + u * self.skip[...]) * jax.nn.silu(g))
 
 # %% ../../nbs/10_wavecore_blocks.ipynb #75148829
@@ -163,6 +163,14 @@ def ssd(x: jax.Array,   # [B, T, H, P] inputs (already scaled by dt)
         y = y + jnp.einsum("bcth,bctn,bchpn->bcthp", into, c, entering)
     return y.reshape(bsz, nc * q, nh, p)[:, :t]
 
+# %% ../../nbs/10_wavecore_blocks.ipynb #5f0e7a02
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+    "`log(1 + exp(x))`, computed stably as `relu(x) + log1p(exp(-|x|))` (as `jax.nn.softplus`, without its NaN branch); its derivative is `sigmoid(x)`, at 0 too."
+    return jax.nn.relu(x) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+softplus.defjvps(lambda g, ans, x: g * jax.nn.sigmoid(x))
+
 # %% ../../nbs/10_wavecore_blocks.ipynb #05603da9
 class SSMMixer(nnx.Module):
     "Diagonal input-gated linear recurrence with `d_state` state per channel (chunked selective scan / O(1) step)."
@@ -187,7 +195,7 @@ class SSMMixer(nnx.Module):
     def _gates(self, xbc, dt):
         d, n = self.d_model, self.d_state
         xs, b, c = xbc[..., :d], xbc[..., d:d + n], xbc[..., d + n:]
-        dt = jax.nn.softplus(dt + self.dt_bias[...])
+        dt = softplus(dt + self.dt_bias[...])
         return xs.reshape(xs.shape[:-1] + (self.n_heads, -1)), b, c, dt, -jnp.exp(self.A_log[...]) * dt
 
     def __call__(self, x, seg=None):
@@ -213,10 +221,10 @@ class SSMMixer(nnx.Module):
         "One token: `x` `[B, D]` → `(state, y [B, D])`."
         z, xbc, dt = self._split(self.in_proj(x))
         window = jnp.concatenate([state["conv"], xbc[:, None]], axis=1)
-        xbc = jnp.einsum("bwc,wc->bc", window, self.conv_w[...]) + self.conv_b[...]
+        xbc = jnp.sum(window * self.conv_w[...], axis=1) + self.conv_b[...]
         xs, b, c, dt, la = self._gates(jax.nn.silu(xbc), dt)
-        h = jnp.exp(la)[..., None, None] * state["h"] + jnp.einsum("bhp,bn->bhpn", xs * dt[..., None], b)
-        y = jnp.einsum("bhpn,bn->bhp", h, c) + xs * self.D[...][:, None]
+        h = jnp.exp(la)[..., None, None] * state["h"] + (xs * dt[..., None])[..., None] * b[:, None, None]
+        y = jnp.sum(h * c[:, None, None], axis=-1) + xs * self.D[...][:, None]
         return {"conv": window[:, 1:], "h": h}, self.out_proj(y.reshape(x.shape[0], self.d_model) * jax.nn.silu(z))
 
 # %% ../../nbs/10_wavecore_blocks.ipynb #3e6c8226
