@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TRAIN_STREAM', 'HOLDOUT_STREAM', 'NOISE', 'MARKER', 'TRIGGER', 'DIGIT0', 'KEY', 'ASK', 'FILLER0', 'FILLER_LEN',
            'ZOOLOGY', 'MAMBA', 'TASKS', 'BASELINES', 'Task', 'mqar', 'selective_copy', 'induction', 'passkey',
-           'model_config', 'steps_to', 'timed_fit', 'run_task', 'SuiteSettings', 'probe_steps', 'run_suite',
+           'model_config', 'steps_to', 'timed_fit', 'run_task', 'SuiteSettings', 'steps_in', 'probe_steps', 'run_suite',
            'results_table', 'plot_results', 'write_report', 'main']
 
 # %% ../../nbs/10i_bench_tasks.ipynb #jm10i01
@@ -213,11 +213,18 @@ class SuiteSettings:
         return [(t, m) for t in (self.names("tasks", TASKS) or list(TASKS)) for m in models]
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c335
+def steps_in(clock: list[float], seconds: float, most: int) -> int:
+    """How many steps fit in `seconds` (at least 10, at most `most`), from the `clock` of a short `timed_fit`: the step
+    time over batches 3 to the last (after compiling, before `fit`'s closing work), and the rest of its time (compiling,
+    closing) counted once, as a run will spend it too."""
+    n = len(clock) - 1
+    per_step = (clock[n - 1] - clock[3]) / (n - 4)
+    fixed = clock[-1] - n * per_step
+    return int(min(most, max(10, (seconds - fixed) / per_step)))
+
 def probe_steps(task: Task, model: str, seconds: float, most: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid") -> int:
-    "How many steps of `model` on `task` fit in `seconds` (at least 10, at most `most`), from 10 steps of `fit` timed after compiling."
-    _, clock = timed_fit(model_config(model, task, shape), task, 10, batch_size, seed)
-    per_step = (clock[-1] - clock[1]) / 9   # from the second batch, taken once the first step had compiled
-    return int(min(most, max(10, seconds / per_step)))
+    "How many steps of `model` on `task` fit in `seconds` (at least 10, at most `most`): `steps_in` of 10 steps of `fit`."
+    return steps_in(timed_fit(model_config(model, task, shape), task, 10, batch_size, seed)[1], seconds, most)
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c336
 def run_suite(s: SuiteSettings, out: str | Path | None = None, log=print) -> list[dict]:
