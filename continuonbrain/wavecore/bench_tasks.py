@@ -215,10 +215,10 @@ class SuiteSettings:
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c335
 def steps_in(clock: list[float], seconds: float, most: int) -> int:
     """How many steps fit in `seconds` (at least 10, at most `most`), from the `clock` of a short `timed_fit`: the step
-    time over batches 3 to the last (after compiling, before `fit`'s closing work), and the rest of its time (compiling,
-    closing) counted once, as a run will spend it too."""
+    time as the median gap between batches from the third on (after compiling, robust to a late compile and to batches
+    taken two at a time), and the rest of its time (compiling, closing) counted once, as a run will spend it too."""
     n = len(clock) - 1
-    per_step = (clock[n - 1] - clock[3]) / (n - 4)
+    per_step = float(np.median(np.diff(clock[3:n])))
     fixed = clock[-1] - n * per_step
     return int(min(most, max(10, (seconds - fixed) / per_step)))
 
