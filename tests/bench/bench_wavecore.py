@@ -227,7 +227,7 @@ def latency():
     print(format_rows(lat))
     print("the same JAX steps in this process, with JAX's default async dispatch: " + "; ".join(
         f"{k} p50 {np.median(t) * 1e3:.3f} ms, p99 {np.percentile(t, 99) * 1e3:.3f} ms" for k, t in jax_step_latency(fast, 2000).items()))
-    r = step_latency_ratio(create_model(WaveCoreConfig.profile("fast")))
+    r = step_latency_ratio(fast)
     print(f"JAX step with the parameters as a flat list (step_fn) against an nnx.State argument, alternating: "
           f"p50 {r['list_p50_ms']:.3f} ms against {r['state_p50_ms']:.3f} ms, {r['speedup']:.2f}x")
 
