@@ -76,11 +76,11 @@ class WaveCoreConfig:
         return cls(**d)
 
 # %% ../../nbs/10a_wavecore_model.ipynb #312f5270
-PROFILES = {
-    "fast": WaveCoreConfig(d_model=64, n_layers=2, d_state=16, pattern="ssm", seq_len=128, n_heads=4),
-    "mid": WaveCoreConfig(d_model=128, n_layers=4, d_state=16, pattern="ssm,attention", seq_len=256, n_heads=4),
-    "slow": WaveCoreConfig(d_model=384, n_layers=8, d_state=32, pattern="ssm,ssm,attention,ssm", seq_len=512, n_heads=8),
-    "toy": WaveCoreConfig(d_model=128, n_layers=2, d_state=16, pattern="ssm,attention", seq_len=64, n_heads=4),
+PROFILES = {   # every profile's MLP is 2x wide, not the 4x of a transformer (see "The MLP width")
+    "fast": WaveCoreConfig(d_model=64, n_layers=2, d_state=16, pattern="ssm", seq_len=128, n_heads=4, mlp_mult=2),
+    "mid": WaveCoreConfig(d_model=128, n_layers=4, d_state=16, pattern="ssm,attention", seq_len=256, n_heads=4, mlp_mult=2),
+    "slow": WaveCoreConfig(d_model=384, n_layers=8, d_state=32, pattern="ssm,ssm,attention,ssm", seq_len=512, n_heads=8, mlp_mult=2),
+    "toy": WaveCoreConfig(d_model=128, n_layers=2, d_state=16, pattern="ssm,attention", seq_len=64, n_heads=4, mlp_mult=2),
 }
 
 # %% ../../nbs/10a_wavecore_model.ipynb #fbffeddf
