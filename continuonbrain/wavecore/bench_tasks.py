@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import ParamError, allocator, git_state, run_cli
 from .. import store
-from .model import PROFILES, WaveCoreConfig, format_rows
+from .model import PROFILES, ConfigError, WaveCoreConfig, format_rows
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c307
 TRAIN_STREAM, HOLDOUT_STREAM = 0, 1   # the first word of the seed sequence of the training stream and of the hold-out set
@@ -126,11 +126,12 @@ TASKS = {t.name: t for t in [
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c325
 BASELINES = ("attention", "toy")
 
-def model_config(model: str, task: Task, shape: str = "mid") -> WaveCoreConfig:
-    "The configuration of `model` (a profile, 'attention' with profile `shape`'s width and depth, or 'toy') on `task`."
+def model_config(model: str, task: Task, shape: str = "mid", variant: dict | None = None) -> WaveCoreConfig:
+    """The configuration of `model` (a profile, 'attention' with profile `shape`'s width and depth, or 'toy') on `task`;
+    `variant` changes fields of a profile's configuration (a baseline keeps its own)."""
     if model == "attention": base = dataclasses.replace(PROFILES[shape], pattern="attention")
     elif model == "toy": base = dataclasses.replace(PROFILES["toy"], pattern="spectral")
-    elif model in PROFILES: base = PROFILES[model]
+    elif model in PROFILES: base = WaveCoreConfig.profile(model, **(variant or {}))
     else: raise ParamError(f"unknown model {model!r}: expected a profile ({', '.join(PROFILES)}) or {' or '.join(BASELINES)}")
     return dataclasses.replace(base, vocab_size=task.vocab_size, seq_len=max(base.seq_len, task.seq_len))
 
@@ -166,10 +167,12 @@ def timed_fit(cfg: WaveCoreConfig, task: Task, steps: int, batch_size: int = 64,
     return res, clock
 
 def run_task(task: Task, model: str, steps: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid",
-             holdout: int = 512, window: int = 10) -> dict:
-    "Train `model` on `task` through `fit` with its defaults for `steps` batches; its curve, steps to 95% and hold-out scores."
+             holdout: int = 512, window: int = 10, variant: dict | None = None) -> dict:
+    """Train `model` (with `variant`'s changes if it is a profile, named after them) on `task` through `fit` with its
+    defaults for `steps` batches; its curve, steps to 95% and hold-out scores."""
     from continuonbrain.wavecore.train import evaluate
-    cfg = model_config(model, task, shape)
+    cfg = model_config(model, task, shape, variant)
+    if variant and model in PROFILES: model = f"{model} ({', '.join(f'{k}={v}' for k, v in variant.items())})"
     res, clock = timed_fit(cfg, task, steps, batch_size, seed)
     curve = _curve(res.accuracy, clock, window)
     s95, t95 = steps_to(curve)
@@ -191,12 +194,35 @@ class SuiteSettings:
     minutes: float = 0.0                 # the whole suite's time (0: every run trains --steps)
     batch_size: int = 64                 # rows per step
     seed: int = 0                        # model initialisation and data streams
+    variant: str = ""                    # changes to the profiles' configuration, e.g. conv_width=1,pattern=ssm,attention
 
     def __post_init__(self):
         if self.steps < 10 or self.batch_size < 1 or self.minutes < 0:
             raise ParamError(f"--steps must be at least 10, --batch-size at least 1 and --minutes not negative "
                              f"(got {self.steps}, {self.batch_size}, {self.minutes})")
+        changes = self.changes()
+        for p in self.names("profile", PROFILES):
+            try: WaveCoreConfig.profile(p, **changes)
+            except ConfigError as e: raise ParamError(f"--variant {self.variant!r}: {e}") from None
         self.runs()
+
+    def changes(self) -> dict:
+        """`variant` as fields: `name=value` pairs split at commas, where a piece without `=` continues the value before
+        it (so `pattern=ssm,attention` is one pair); each value takes the type of the field. The task sets the vocabulary
+        and the length."""
+        pairs = []
+        for piece in (p.strip() for p in self.variant.split(",") if p.strip()):
+            if "=" in piece: pairs.append(piece.split("=", 1))
+            elif pairs: pairs[-1][1] += "," + piece
+            else: raise ParamError(f"--variant {self.variant!r}: expected name=value pairs, got {piece!r}")
+        free = [f.name for f in dataclasses.fields(WaveCoreConfig) if f.name not in ("vocab_size", "seq_len")]
+        out = {}
+        for name, value in ((n.strip(), v.strip()) for n, v in pairs):
+            if name not in free: raise ParamError(f"--variant: {name!r} is not a field a variant can change; expected one of {', '.join(free)}")
+            kind = type(getattr(WaveCoreConfig(), name))
+            try: out[name] = kind(value)
+            except ValueError: raise ParamError(f"--variant: {name}={value!r} is not {kind.__name__}") from None
+        return out
 
     def names(self, field: str, known) -> list[str]:
         "The comma-separated names of `field`, each checked against `known`."
@@ -222,9 +248,10 @@ def steps_in(clock: list[float], seconds: float, most: int) -> int:
     fixed = clock[-1] - n * per_step
     return int(min(most, max(10, (seconds - fixed) / per_step)))
 
-def probe_steps(task: Task, model: str, seconds: float, most: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid") -> int:
+def probe_steps(task: Task, model: str, seconds: float, most: int, *, batch_size: int = 64, seed: int = 0, shape: str = "mid",
+                variant: dict | None = None) -> int:
     "How many steps of `model` on `task` fit in `seconds` (at least 10, at most `most`): `steps_in` of 10 steps of `fit`."
-    return steps_in(timed_fit(model_config(model, task, shape), task, 10, batch_size, seed)[1], seconds, most)
+    return steps_in(timed_fit(model_config(model, task, shape, variant), task, 10, batch_size, seed)[1], seconds, most)
 
 # %% ../../nbs/10i_bench_tasks.ipynb #a1b2c336
 def run_suite(s: SuiteSettings, out: str | Path | None = None, log=print) -> list[dict]:
@@ -232,12 +259,12 @@ def run_suite(s: SuiteSettings, out: str | Path | None = None, log=print) -> lis
     runs, results, shape = s.runs(), [], s.names("profile", PROFILES)[-1]
     share = s.minutes * 60 / len(runs) if s.minutes else 0.0
     for i, (task, model) in enumerate(runs):
-        kw = dict(batch_size=s.batch_size, seed=s.seed, shape=shape)
+        kw = dict(batch_size=s.batch_size, seed=s.seed, shape=shape, variant=s.changes())
         steps = probe_steps(TASKS[task], model, share, s.steps, **kw) if share else s.steps
         r = run_task(TASKS[task], model, steps, **kw)
         results.append(r)
         at = f"95% at step {r['steps_to_95']} ({r['seconds_to_95']:.0f} s)" if r["steps_to_95"] else "never at 95%"
-        log(f"[{i + 1}/{len(runs)}] {task} {model}: {steps} steps in {r['seconds']:.0f} s on {r['devices']} device(s), "
+        log(f"[{i + 1}/{len(runs)}] {task} {r['model']}: {steps} steps in {r['seconds']:.0f} s on {r['devices']} device(s), "
             f"hold-out accuracy {r['holdout_accuracy']:.3f}, {at}")
         if out is not None: write_report(out, s, results)
     return results
