@@ -3,7 +3,9 @@
     .venv/bin/python tests/bench/bench_wavecore.py [--torch-python /path/to/python-with-torch]
 
 Measures, on this machine:
-- the matmul peak (a 1024x1024 float32 matmul, jitted), the reference for model FLOP utilisation (MFU);
+- the matmul peak (a 1024x1024 float32 matmul, jitted), the reference for model FLOP utilisation (MFU): the table's
+  MFU is against the best matmul window of the run, the hybrid's target MFU against the same matmul timed in
+  alternating windows with its training step (`paired_mfu`), so the VM's drift cancels;
 - training throughput (tokens/s, and matmul FLOP/s counted from the training step's jaxpr: forward, backward and
   optimizer) of the toy configuration (vocab 512, d_model 128, 2 layers, seq 64, batch 16, AdamW) for the hybrid
   `ssm,attention`, pure `attention`, pure `ssm` and the causal `spectral` stacks, on one XLA device and data parallel
