@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TEMPORARY', 'StoreError', 'ArtefactNotFound', 'TooLarge', 'ChecksumMismatch', 'StoreUnavailable', 'is_gcs',
            'split_gcs', 'join', 'gcs_client', 'atomic_file', 'write_bytes', 'read_bytes', 'write_text', 'read_text',
-           'write_json', 'read_json', 'write_figure', 'fsync_tree', 'atomic_dir', 'check_writable',
+           'write_json', 'read_json', 'write_figure', 'new_figure', 'fsync_tree', 'atomic_dir', 'check_writable',
            'check_writable_dir', 'ls', 'exists', 'delete', 'copy', 'sha256', 'size', 'verify', 'file_manifest',
            'modified', 'temporary_files', 'remove_temporary', 'free_port', 'gcs_emulator']
 
@@ -179,6 +179,16 @@ def write_figure(uri: str | Path, fig, dpi: int = 100, close: bool = False, **sa
         import matplotlib.pyplot as plt
         plt.close(fig)
     return write_bytes(uri, buf.getvalue())
+
+def new_figure(to_file: bool, **figure_kw):
+    """A new matplotlib figure: detached from pyplot when it is only to be written (`to_file`: no backend chosen or
+    switched, never shown, safe in any thread), else pyplot's, which a notebook shows. Switching pyplot to Agg for a
+    file instead would stop every later figure of the notebook's kernel from showing."""
+    if to_file:
+        from matplotlib.figure import Figure
+        return Figure(**figure_kw)
+    import matplotlib.pyplot as plt
+    return plt.figure(**figure_kw)
 
 # %% ../nbs/00a_store.ipynb #ad1r0002
 def _recover_dir(out: Path):

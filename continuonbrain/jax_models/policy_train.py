@@ -280,10 +280,8 @@ def _metrics(run: _PolicyRun, meta: dict, output_dir: str, ckpt, step: int, stop
 # %% ../../nbs/11a_policy_train.ipynb #3346dc7a
 def plot_training(metrics: dict, uri: str | None = None):
     "Training loss per step, and the held-out action error against the mean action's; saved to `uri` (local or gs://) when given."
-    import matplotlib
-    if uri: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig = store.new_figure(bool(uri), figsize=(10, 3.4))
+    a1, a2 = fig.subplots(1, 2)
     h = metrics["losses"]
     a1.plot(np.arange(1, len(h) + 1), h, lw=1, alpha=0.8)
     a1.set(yscale="log", xlabel="step", title="training loss (normalised MSE, all action columns)")

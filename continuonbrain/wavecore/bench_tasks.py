@@ -279,11 +279,9 @@ def results_table(results: list[dict]) -> str:
 
 def plot_results(results: list[dict], path: str | Path | None = None):
     "Accuracy against steps (top) and wall-clock seconds (bottom) for each task, one line a model, 95% dotted."
-    import matplotlib
-    if path: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks) + 1, 6.5), squeeze=False)
+    fig = store.new_figure(bool(path), figsize=(4 * len(tasks) + 1, 6.5))
+    axes = fig.subplots(2, len(tasks), squeeze=False)
     for j, t in enumerate(tasks):
         for r in (r for r in results if r["task"] == t):
             for ax, x in zip(axes[:, j], ("step", "seconds")): ax.plot(r["curve"][x], r["curve"]["accuracy"], label=r["model"])

@@ -35,12 +35,10 @@ def holdout_table(results: dict) -> str:
 
 def plot_holdout(results: dict, title: str = "hold-out accuracy per task", path: str | Path | None = None):
     "Bars of token accuracy and exact match per task, with the random baseline marked."
-    import matplotlib
-    if path: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     names = list(results)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    fig = store.new_figure(bool(path), figsize=(max(6, 0.9 * len(names) + 2), 4))
+    ax = fig.subplots()
     ax.bar(x - 0.2, [results[t]["accuracy"] for t in names], 0.4, label="token accuracy")
     ax.bar(x + 0.2, [results[t]["exact"] for t in names], 0.4, label="exact match")
     ax.scatter(x - 0.2, [results[t]["baseline"] for t in names], marker="_", s=400, color="k", zorder=3, label="random (tokens)")

@@ -94,11 +94,9 @@ def scale(budget_gb: float = 6.0, start: WaveCoreConfig | None = None, batch: in
 # %% ../../nbs/10h_scale.ipynb #ebc10984
 def plot_scale(res: dict, path: str | Path | None = None):
     "Step time and peak RSS per stage, with the budget line."
-    import matplotlib
-    if path: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     ran = [s for s in res["stages"] if "step_s" in s]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig = store.new_figure(bool(path), figsize=(12, 4))
+    a1, a2 = fig.subplots(1, 2)
     x = [s["params_m"] for s in ran]
     if not ran:
         for ax in (a1, a2): ax.text(0.5, 0.5, f"no stage fits in {res['budget_gb']:g} GB", ha="center", transform=ax.transAxes)

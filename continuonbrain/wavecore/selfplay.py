@@ -154,10 +154,8 @@ def selfplay_experiment(task: str = "add", level: int = 1, labelled: int = 256, 
 # %% ../../nbs/10g_selfplay.ipynb #0f2b021b
 def plot_experiment(res: dict, path: str | Path | None = None):
     "Hold-out exact match per round: self-play against supervised-only, from the same starting point."
-    import matplotlib
-    if path: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = store.new_figure(bool(path), figsize=(7, 4))
+    ax = fig.subplots()
     rounds = [0] + [r["round"] for r in res["rounds"]]
     ax.plot(rounds, [res["supervised_exact"]] + [r["selfplay_exact"] for r in res["rounds"]], marker="o", label="self-play (labels + verified)")
     ax.plot(rounds, [res["supervised_exact"]] + [r["supervised_exact"] for r in res["rounds"]], marker="s", label="supervised only (labels)")

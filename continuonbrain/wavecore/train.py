@@ -532,10 +532,8 @@ def _seed_metrics(loop: _SeedLoop, stopped: str, final: dict, distillation: str,
 # %% ../../nbs/10c_seed_train.ipynb #c628586b
 def plot_run(meta: dict, final: dict, path: Path | None = None):
     "Training loss and hold-out exact-match accuracy per task over the run; saved to `path` when given."
-    import matplotlib
-    if path: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [2, 2, 1.6]})
+    fig = store.new_figure(bool(path), figsize=(16, 4))
+    a1, a2, a3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [2, 2, 1.6]})
     h = np.asarray(meta["history"])
     if len(h):
         a1.plot(h, lw=0.6, alpha=0.5, label="per step")
